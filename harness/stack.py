@@ -1,0 +1,83 @@
+"""The one description of a running stack that every provider produces.
+
+Tests, the CLI and the gate only ever see a ``Stack``: where each component
+listens and how to log in to it. Providers (``harness.providers``) build it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Credentials:
+    email: str
+    password: str
+
+
+@dataclass(frozen=True)
+class PostgresEndpoints:
+    """DSNs for the three kinds of connection a verifier needs.
+
+    - ``superuser_dsn``: bypasses RLS; used only to observe the truth in tests.
+    - ``owner_dsn``: the role that owns the schema and runs migrations.
+    - ``app_dsn``: the service role the platform connects as (RLS applies).
+    """
+
+    superuser_dsn: str
+    owner_dsn: str
+    app_dsn: str
+    host: str
+    port: int
+    database: str
+
+
+@dataclass(frozen=True)
+class Stack:
+    provider: str
+    postgres: PostgresEndpoints
+    redis_url: str
+    services: dict[str, str]
+    platform_admin: Credentials
+    jwt_issuer: str = "atendeai-auth"
+    jwt_audience: str = "atendeai-api"
+    allowed_origins: tuple[str, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def service_url(self, name: str) -> str:
+        try:
+            return self.services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.services))
+            raise KeyError(f"no service {name!r} in this stack (known: {known})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write_json(self, path: Path) -> None:
+        """Write the endpoints to ``path`` atomically (no half-written file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stack:
+        return cls(
+            provider=data["provider"],
+            postgres=PostgresEndpoints(**data["postgres"]),
+            redis_url=data["redis_url"],
+            services=dict(data["services"]),
+            platform_admin=Credentials(**data["platform_admin"]),
+            jwt_issuer=data.get("jwt_issuer", cls.jwt_issuer),
+            jwt_audience=data.get("jwt_audience", cls.jwt_audience),
+            allowed_origins=tuple(data.get("allowed_origins", ())),
+            extra=dict(data.get("extra", {})),
+        )
+
+    @classmethod
+    def read_json(cls, path: Path) -> Stack:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,220 @@
+"""One aiohttp application per service, sharing the platform's resources.
+
+``create_app(service, settings)`` wires the service's routes with the common
+ones (/health, /ready, /metrics, /openapi.json), the middlewares, the
+PostgreSQL pool, Redis and the token signer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from system_under_test import SERVICES
+from system_under_test.config import Settings
+from system_under_test.db import Database, TenantContext
+from system_under_test.errors import Unauthorized
+from system_under_test.middleware import build_middlewares
+from system_under_test.routing import (
+    PUBLIC,
+    Call,
+    Route,
+    json_response,
+    openapi_document,
+    to_aiohttp,
+)
+from system_under_test.schemas import CheckResult, Liveness, Readiness
+from system_under_test.tokens import InvalidToken, Principal, TokenSigner
+
+VERSION = "0.1.0"
+log = logging.getLogger("atendeai")
+PLATFORM_KEY = web.AppKey("platform", object)
+
+AUDIT_EVENT_SQL = """
+INSERT INTO atendeai.audit_logs
+    (clinic_id, user_id, action, table_name, record_id, new_values,
+     ip_address, user_agent, request_id)
+VALUES (
+    atendeai.current_clinic_id(),
+    nullif(current_setting('atendeai.user_id', true), '')::uuid,
+    %(action)s, %(table_name)s, %(record_id)s, %(details)s,
+    nullif(current_setting('atendeai.ip_address', true), '')::inet,
+    nullif(current_setting('atendeai.user_agent', true), ''),
+    nullif(current_setting('atendeai.request_id', true), '')
+)
+"""
+
+
+def revoked_family_key(family: object) -> str:
+    return f"atendeai:revoked-family:{family}"
+
+
+@dataclass
+class Platform:
+    """What every handler of a service can reach."""
+
+    service: str
+    settings: Settings
+    db: Database
+    redis: Redis
+    signer: TokenSigner
+
+    async def authenticate(self, request: web.Request) -> Principal:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized(
+                "sign in and send Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            principal = self.signer.verify_access_token(token.strip())
+        except InvalidToken:
+            raise Unauthorized(
+                "invalid or expired token",
+                code="invalid_token",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            ) from None
+        if await self.redis.exists(revoked_family_key(principal.session_family)):
+            raise Unauthorized("this session was signed out", code="invalid_token")
+        return principal
+
+    async def audit_denied(self, request: web.Request, principal: Principal, route: Route) -> None:
+        call = Call(request, self, None, principal)
+        async with self.db.tenant(call.tenant()) as conn:
+            await audit_event(
+                conn,
+                "access.denied",
+                details={"method": route.method, "route": route.path, "role": principal.role},
+            )
+
+
+async def audit_event(
+    conn, action: str, *, table_name: str | None = None, record_id=None, details=None
+) -> None:
+    """Append an audit row in the current transaction's tenant context."""
+    from psycopg.types.json import Jsonb
+
+    await conn.execute(
+        AUDIT_EVENT_SQL,
+        {
+            "action": action,
+            "table_name": table_name,
+            "record_id": record_id,
+            "details": Jsonb(details) if details is not None else None,
+        },
+    )
+
+
+# --- common routes -------------------------------------------------------
+
+
+async def _check(name: str, probe) -> tuple[str, CheckResult]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe(), timeout=2)
+        status, error = "ok", None
+    except Exception as exc:  # a readiness probe reports any failure
+        status, error = "down", f"{type(exc).__name__}: {exc}"[:300]
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    return name, CheckResult(status=status, latency_ms=latency, error=error)
+
+
+def common_routes(service: str, service_routes: list[Route]) -> list[Route]:
+    async def health(call: Call) -> web.Response:
+        return json_response(Liveness(status="ok", service=service))
+
+    async def ready(call: Call) -> web.Response:
+        platform = call.platform
+        checks = dict(
+            await asyncio.gather(
+                _check("postgres", platform.db.ping), _check("redis", platform.redis.ping)
+            )
+        )
+        ok = all(c.status == "ok" for c in checks.values())
+        body = Readiness(status="ok" if ok else "down", service=service, checks=checks)
+        return json_response(body, status=200 if ok else 503)
+
+    async def metrics(call: Call) -> web.Response:
+        response = web.Response(body=generate_latest())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def openapi(call: Call) -> web.Response:
+        return web.json_response(call.request.app["openapi"])
+
+    return [
+        Route(
+            "GET",
+            "/health",
+            health,
+            "Liveness: the process answers",
+            PUBLIC,
+            responses={200: Liveness},
+        ),
+        Route(
+            "GET",
+            "/ready",
+            ready,
+            "Readiness: PostgreSQL and Redis answer",
+            PUBLIC,
+            responses={200: Readiness, 503: Readiness},
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            metrics,
+            "Prometheus metrics (text format)",
+            PUBLIC,
+            responses={200: None},
+        ),
+        Route("GET", "/openapi.json", openapi, "This document", PUBLIC, responses={200: None}),
+    ]
+
+
+def create_app(service: str, settings: Settings) -> web.Application:
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    module = importlib.import_module(f"system_under_test.services.{service}")
+    service_routes: list[Route] = list(module.ROUTES)
+    routes = common_routes(service, service_routes) + service_routes
+
+    app = web.Application(
+        middlewares=build_middlewares(settings), client_max_size=settings.max_body_bytes
+    )
+    platform = Platform(
+        service=service,
+        settings=settings,
+        db=Database(
+            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        ),
+        redis=Redis.from_url(settings.redis_url, decode_responses=True),
+        signer=TokenSigner(
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            public_key=settings.jwt_public_key,
+            private_key=settings.jwt_private_key if service == "auth" else None,
+        ),
+    )
+    app[PLATFORM_KEY] = platform
+    app["openapi"] = openapi_document(service, VERSION, routes)
+    app.add_routes([to_aiohttp(route, platform) for route in routes])
+
+    async def lifecycle(app: web.Application):
+        await platform.db.open()
+        yield
+        await platform.db.close()
+        await platform.redis.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+__all__ = ["PLATFORM_KEY", "Platform", "TenantContext", "audit_event", "create_app"]

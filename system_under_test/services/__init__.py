@@ -1,0 +1,1 @@
+"""One module per service; each exposes ``ROUTES``. Shared SQL lives in ``queries``."""

@@ -1,0 +1,194 @@
+"""Clinics service: read and update your own clinic (cache-aside in Redis,
+invalidated on every write); list and create clinics as a platform admin.
+
+Another clinic's id answers exactly like an id that does not exist: the
+cache is only consulted for the caller's own clinic, and RLS hides the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from system_under_test.errors import Conflict, NotFound, ValidationFailed
+from system_under_test.metrics import CACHE_REQUESTS
+from system_under_test.passwords import hash_password
+from system_under_test.routing import ALL_ROLES, Call, Route, json_response
+from system_under_test.schemas import (
+    CLINIC_EDITABLE,
+    Clinic,
+    ClinicCreate,
+    ClinicCreated,
+    ClinicPage,
+    ClinicSummary,
+    ClinicUpdate,
+    PageQuery,
+    User,
+)
+from system_under_test.services.queries import CLINIC_SELECT_LIST, INSERT_USER, SELECT_CLINIC
+
+log = logging.getLogger("atendeai.clinics")
+ADMINS = frozenset({"admin"})
+PLATFORM_ADMINS = frozenset({"platform_admin"})
+JSON_COLUMNS = frozenset({"department_emails", "working_hours", "ai_personality", "ai_behavior"})
+
+
+def cache_key(clinic_id: uuid.UUID) -> str:
+    return f"atendeai:cache:clinic:{clinic_id}"
+
+
+def _target_clinic(call: Call) -> uuid.UUID:
+    """The clinic named by the path (``me`` or an id); not the caller's is not found."""
+    if "clinic_id" not in call.request.match_info:
+        return call.user.clinic_id
+    clinic_id = call.path_id("clinic_id")
+    if clinic_id != call.user.clinic_id:
+        raise NotFound("no such clinic")
+    return clinic_id
+
+
+async def get_clinic(call: Call) -> web.Response:
+    clinic_id = _target_clinic(call)
+    redis = call.platform.redis
+    key = cache_key(clinic_id)
+    try:
+        cached = await redis.get(key)
+    except Exception:  # the cache is an optimisation: fall through to the database
+        log.warning("clinic cache read failed", exc_info=True)
+        cached = None
+    if cached is not None:
+        CACHE_REQUESTS.labels("clinic", "hit").inc()
+        return web.Response(
+            text=cached, content_type="application/json", headers={"X-Cache": "HIT"}
+        )
+    CACHE_REQUESTS.labels("clinic", "miss").inc()
+    async with call.platform.db.tenant(call.tenant()) as conn:
+        cursor = await conn.execute(SELECT_CLINIC, (clinic_id,))
+        row = await cursor.fetchone()
+    if row is None:
+        raise NotFound("no such clinic")
+    body = Clinic.model_validate(row).model_dump_json()
+    await redis.set(key, body, ex=call.platform.settings.clinic_cache_ttl_seconds)
+    return web.Response(text=body, content_type="application/json", headers={"X-Cache": "MISS"})
+
+
+def _column_values(fields: dict) -> dict:
+    return {k: Jsonb(v) if k in JSON_COLUMNS else v for k, v in fields.items()}
+
+
+async def update_clinic(call: Call) -> web.Response:
+    clinic_id = _target_clinic(call)
+    changes = call.body.model_dump(exclude_unset=True)
+    if not changes:
+        raise ValidationFailed("send at least one field to change")
+    if changes.get("name", "") is None:
+        raise ValidationFailed("name cannot be empty", details=[])
+    assignments = ", ".join(f'"{column}" = %({column})s' for column in changes)
+    async with call.platform.db.tenant(call.tenant()) as conn:
+        cursor = await conn.execute(
+            f"UPDATE atendeai.clinics SET {assignments}, updated_at = now() "
+            f"WHERE id = %(id)s RETURNING {CLINIC_SELECT_LIST}",
+            {**_column_values(changes), "id": clinic_id},
+        )
+        row = await cursor.fetchone()
+    if row is None:
+        raise NotFound("no such clinic")
+    await call.platform.redis.delete(cache_key(clinic_id))
+    return json_response(Clinic.model_validate(row))
+
+
+async def list_clinics(call: Call) -> web.Response:
+    page: PageQuery = call.query
+    async with call.platform.db.unscoped() as conn:
+        cursor = await conn.execute(
+            "SELECT * FROM atendeai.platform_list_clinics(%s, %s)", (page.limit, page.offset)
+        )
+        rows = await cursor.fetchall()
+    items = [ClinicSummary.model_validate(row) for row in rows]
+    return json_response(ClinicPage(items=items, limit=page.limit, offset=page.offset))
+
+
+async def create_clinic(call: Call) -> web.Response:
+    body: ClinicCreate = call.body
+    fields = body.model_dump(exclude_unset=True, exclude={"admin"})
+    clinic_id = uuid.uuid4()
+    password_hash = await hash_password(body.admin.password, call.platform.settings.bcrypt_rounds)
+    columns = ", ".join(f'"{c}"' for c in ("id", *fields))
+    placeholders = ", ".join(f"%({c})s" for c in ("id", *fields))
+    try:
+        async with call.platform.db.tenant(call.tenant(clinic_id)) as conn:
+            cursor = await conn.execute(
+                f"INSERT INTO atendeai.clinics ({columns}) VALUES ({placeholders}) "
+                f"RETURNING {CLINIC_SELECT_LIST}",
+                {**_column_values(fields), "id": clinic_id},
+            )
+            clinic = Clinic.model_validate(await cursor.fetchone())
+            cursor = await conn.execute(
+                INSERT_USER,
+                {
+                    "name": body.admin.name,
+                    "email": body.admin.email.lower(),
+                    "password_hash": password_hash,
+                    "role": "admin",
+                },
+            )
+            admin = User.model_validate(await cursor.fetchone())
+    except pg_errors.UniqueViolation:
+        raise Conflict("the admin's e-mail is already in use", code="email_taken") from None
+    return json_response(ClinicCreated(clinic=clinic, admin=admin), status=201)
+
+
+assert set(CLINIC_EDITABLE) <= set(Clinic.model_fields), "editable fields must be columns"
+
+ROUTES = [
+    Route(
+        "GET",
+        "/clinics",
+        list_clinics,
+        "Every clinic (platform admins)",
+        PLATFORM_ADMINS,
+        query=PageQuery,
+        responses={200: ClinicPage},
+    ),
+    Route(
+        "POST",
+        "/clinics",
+        create_clinic,
+        "Create a clinic and its first admin (platform admins)",
+        PLATFORM_ADMINS,
+        body=ClinicCreate,
+        responses={201: ClinicCreated},
+        errors=(409,),
+    ),
+    Route("GET", "/clinics/me", get_clinic, "Your clinic", ALL_ROLES, responses={200: Clinic}),
+    Route(
+        "PATCH",
+        "/clinics/me",
+        update_clinic,
+        "Change your clinic (admins)",
+        ADMINS,
+        body=ClinicUpdate,
+        responses={200: Clinic},
+    ),
+    Route(
+        "GET",
+        "/clinics/{clinic_id}",
+        get_clinic,
+        "A clinic by id (yours only)",
+        ALL_ROLES,
+        responses={200: Clinic},
+    ),
+    Route(
+        "PATCH",
+        "/clinics/{clinic_id}",
+        update_clinic,
+        "Change a clinic by id (yours only; admins)",
+        ADMINS,
+        body=ClinicUpdate,
+        responses={200: Clinic},
+    ),
+]

@@ -1,0 +1,117 @@
+"""Access tokens (RS256 JWT) and refresh tokens (opaque, stored hashed).
+
+The access token is verified with the algorithm pinned to RS256 and every
+claim required, so ``alg: none``, HS/RS key confusion, missing ``exp`` and
+``kid``/``jku``/``x5u`` headers get nowhere: the key is ours, never fetched.
+
+A refresh token reads ``rt1.<clinic id>.<secret>``: the clinic id lets the
+refresh run inside that tenant's RLS context; only ``sha256(token)`` is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+ALGORITHM = "RS256"
+ACCESS_TYPE = "access"
+REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti", "sid", "clinic_id", "role", "typ")
+
+
+class InvalidToken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The signed-in caller, from a verified access token."""
+
+    user_id: uuid.UUID
+    clinic_id: uuid.UUID
+    role: str
+    session_family: uuid.UUID
+    token_id: str
+
+
+@dataclass(frozen=True)
+class TokenSigner:
+    issuer: str
+    audience: str
+    public_key: str
+    private_key: str | None = None
+
+    def issue_access_token(
+        self, *, user_id: uuid.UUID, clinic_id: uuid.UUID, role: str, family: uuid.UUID, ttl: int
+    ) -> tuple[str, str]:
+        """Return ``(token, jti)``."""
+        if self.private_key is None:
+            raise RuntimeError("this service has no signing key (only auth issues tokens)")
+        now = int(time.time())
+        jti = uuid.uuid4().hex
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": str(user_id),
+            "clinic_id": str(clinic_id),
+            "role": role,
+            "sid": str(family),
+            "jti": jti,
+            "typ": ACCESS_TYPE,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+        }
+        return jwt.encode(claims, self.private_key, algorithm=ALGORITHM), jti
+
+    def verify_access_token(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self.public_key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True},
+                leeway=0,
+            )
+        except jwt.PyJWTError as error:
+            raise InvalidToken(str(error)) from None
+        if claims.get("typ") != ACCESS_TYPE:
+            raise InvalidToken("not an access token")
+        try:
+            return Principal(
+                user_id=uuid.UUID(claims["sub"]),
+                clinic_id=uuid.UUID(claims["clinic_id"]),
+                role=str(claims["role"]),
+                session_family=uuid.UUID(claims["sid"]),
+                token_id=str(claims["jti"]),
+            )
+        except (ValueError, TypeError):
+            raise InvalidToken("malformed claims") from None
+
+
+REFRESH_PREFIX = "rt1"
+
+
+def new_refresh_token(clinic_id: uuid.UUID) -> str:
+    return f"{REFRESH_PREFIX}.{clinic_id}.{secrets.token_urlsafe(32)}"
+
+
+def refresh_token_clinic(token: str) -> uuid.UUID:
+    """The clinic a refresh token belongs to; InvalidToken when malformed."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != REFRESH_PREFIX or len(parts[2]) < 32:
+        raise InvalidToken("malformed refresh token")
+    try:
+        return uuid.UUID(parts[1])
+    except ValueError:
+        raise InvalidToken("malformed refresh token") from None
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
