@@ -7,6 +7,7 @@ listens and how to log in to it. Providers (``harness.providers``) build it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,14 @@ class Stack:
         return asdict(self)
 
     def write_json(self, path: Path) -> None:
-        """Write the endpoints to ``path`` atomically (no half-written file)."""
+        """Write the endpoints to ``path`` atomically (no half-written file), mode 0600."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        # It holds passwords: readable by its owner only, from the first byte.
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(self.to_dict(), indent=2) + "\n")
         tmp.replace(path)
 
     @classmethod

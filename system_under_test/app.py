@@ -23,6 +23,8 @@ from system_under_test.db import Database, TenantContext
 from system_under_test.errors import Unauthorized
 from system_under_test.middleware import build_middlewares
 from system_under_test.routing import (
+    JSON_OBJECT,
+    PROMETHEUS_TEXT,
     PUBLIC,
     Call,
     Route,
@@ -173,9 +175,11 @@ def common_routes(service: str, service_routes: list[Route]) -> list[Route]:
             metrics,
             "Prometheus metrics (text format)",
             PUBLIC,
-            responses={200: None},
+            responses={200: PROMETHEUS_TEXT},
         ),
-        Route("GET", "/openapi.json", openapi, "This document", PUBLIC, responses={200: None}),
+        Route(
+            "GET", "/openapi.json", openapi, "This document", PUBLIC, responses={200: JSON_OBJECT}
+        ),
     ]
 
 

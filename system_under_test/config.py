@@ -48,7 +48,7 @@ class Settings:
     refresh_token_ttl_seconds: int = 14 * 24 * 3600
     bcrypt_rounds: int = 10
     login_limit_per_client: RateLimit = RateLimit(20, 60)
-    login_limit_per_account: RateLimit = RateLimit(10, 300)
+    login_limit_per_account: RateLimit = RateLimit(5, 60)
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         ipaddress.ip_network("127.0.0.1/32"),

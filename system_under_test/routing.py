@@ -87,6 +87,18 @@ Handler = Callable[[Call], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
+class RawBody:
+    """A body that is not one of our models: Prometheus text, the OpenAPI JSON."""
+
+    media_type: str
+    schema: dict[str, Any] = field(default_factory=dict)
+
+
+PROMETHEUS_TEXT = RawBody("text/plain", {"type": "string"})
+JSON_OBJECT = RawBody("application/json", {"type": "object"})
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str
@@ -95,7 +107,8 @@ class Route:
     roles: frozenset[str]
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
-    responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+    # status -> body model, a RawBody (documented by media type), or None (no body)
+    responses: dict[int, type[BaseModel] | RawBody | None] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
 
     @property
@@ -174,7 +187,7 @@ def openapi_document(service: str, version: str, routes: Iterable[Route]) -> dic
     for route in routes:
         if route.body:
             models.append((route.body, "validation"))
-        models += [(m, "serialization") for m in route.responses.values() if m]
+        models += [(m, "serialization") for m in route.responses.values() if isinstance(m, type)]
     keys, defs = models_json_schema(list(dict.fromkeys(models)), ref_template=_REF)
 
     def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
@@ -223,7 +236,9 @@ def openapi_document(service: str, version: str, routes: Iterable[Route]) -> dic
             operation["x-roles"] = sorted(route.roles)
         for status, model in route.responses.items():
             response: dict[str, Any] = {"description": _describe(status)}
-            if model is not None:
+            if isinstance(model, RawBody):
+                response["content"] = {model.media_type: {"schema": model.schema}}
+            elif model is not None:
                 response["content"] = {"application/json": {"schema": ref(model, "serialization")}}
             operation["responses"][str(status)] = response
         error_statuses = set(route.errors) | {500}

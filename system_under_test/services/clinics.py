@@ -103,7 +103,8 @@ async def update_clinic(call: Call) -> web.Response:
 
 async def list_clinics(call: Call) -> web.Response:
     page: PageQuery = call.query
-    async with call.platform.db.unscoped() as conn:
+    # The listing function checks the context itself: an active platform_admin.
+    async with call.platform.db.tenant(call.tenant()) as conn:
         cursor = await conn.execute(
             "SELECT * FROM atendeai.platform_list_clinics(%s, %s)", (page.limit, page.offset)
         )

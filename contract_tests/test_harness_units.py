@@ -1,0 +1,374 @@
+"""The harness's own pure logic, checked without a stack (real short-lived processes only)."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness.exceptions import (
+    ComponentNotInstalled,
+    ComponentStartError,
+    ConfigurationError,
+    HarnessError,
+    LoginFailed,
+    PortInUse,
+    StackError,
+    WaitTimeout,
+)
+from harness.keys import generate_jwt_keys
+from harness.processes import (
+    ManagedProcess,
+    free_port,
+    free_ports,
+    retry_on_bind_failure,
+    wait_until,
+)
+from harness.providers import external_stack, get_provider
+from harness.providers.local import LocalStackConfig
+from harness.providers.postgres import find_bin_dir
+from harness.providers.redis import find_redis_server
+from harness.stack import Credentials, PostgresEndpoints, Stack
+from harness.tenants import CLIENT_NETWORK, ClientAddresses
+
+
+def make_stack() -> Stack:
+    return Stack(
+        provider="local",
+        postgres=PostgresEndpoints(
+            superuser_dsn="postgresql://postgres:pw@127.0.0.1:5555/atendeai",
+            owner_dsn="postgresql://atendeai_owner:pw@127.0.0.1:5555/atendeai",
+            app_dsn="postgresql://atendeai_app:pw@127.0.0.1:5555/atendeai",
+            host="127.0.0.1",
+            port=5555,
+            database="atendeai",
+        ),
+        redis_url="redis://:secret@127.0.0.1:6666/0",
+        services={"auth": "http://127.0.0.1:7001", "users": "http://127.0.0.1:7002"},
+        platform_admin=Credentials("admin@atendeai.test", "s3cret-password"),
+        allowed_origins=("http://localhost:8080",),
+        extra={"run_dir": "/tmp/x"},
+    )
+
+
+# --------------------------------------------------------------------------- Stack
+
+
+def test_stack_json_round_trip_is_atomic_and_private(tmp_path: Path) -> None:
+    stack = make_stack()
+    path = tmp_path / "stack.json"
+    stack.write_json(path)
+    assert Stack.read_json(path) == stack
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds passwords
+    assert [p.name for p in tmp_path.iterdir()] == ["stack.json"]  # no temp file left
+
+
+def test_unknown_service_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="known: auth, users"):
+        make_stack().service_url("billing")
+
+
+def test_external_provider_reads_the_json_and_says_external(tmp_path: Path) -> None:
+    path = tmp_path / "stack.json"
+    make_stack().write_json(path)
+    with get_provider("external")(path) as stack:
+        assert stack.provider == "external"
+        assert stack.extra["source_provider"] == "local"
+        assert stack.services == make_stack().services
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "does not exist"), ("{not json", "not valid JSON"), ('{"provider": "x"}', "missing")],
+)
+def test_external_provider_explains_a_bad_file(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "stack.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigurationError, match=message), external_stack(path):
+        pass
+
+
+def test_containers_provider_is_honest_about_docker() -> None:
+    with pytest.raises(ConfigurationError, match="needs a Docker engine"):
+        get_provider("containers")
+    with pytest.raises(ConfigurationError, match="local, external, containers"):
+        get_provider("kubernetes")
+
+
+# --------------------------------------------------------------------------- exceptions
+
+
+def test_exception_tree() -> None:
+    for error in (ComponentStartError, ComponentNotInstalled, PortInUse):
+        assert issubclass(error, StackError)
+    for error in (StackError, ConfigurationError, WaitTimeout, LoginFailed):
+        assert issubclass(error, HarnessError)
+    assert issubclass(HarnessError, Exception)
+
+
+def test_component_start_error_carries_all_its_evidence() -> None:
+    error = ComponentStartError(
+        "redis",
+        "exited with code 1 before it was ready",
+        command=["redis-server", "/tmp/x/redis.conf"],
+        ports_tried=[41000, 41001],
+        log_path="/tmp/x/redis.log",
+        log_tail="line one\nFATAL: bad config",
+        hint="check the config file",
+    )
+    text = str(error)
+    for evidence in (
+        "redis failed to start: exited with code 1",
+        "command: redis-server /tmp/x/redis.conf",
+        "ports tried: 41000, 41001",
+        "log: /tmp/x/redis.log",
+        "| FATAL: bad config",
+        "hint: check the config file",
+    ):
+        assert evidence in text
+
+
+def test_component_not_installed_names_the_package() -> None:
+    text = str(ComponentNotInstalled("redis", "redis-server", package="redis-server"))
+    assert "redis-server is not installed" in text
+    assert "apt-get install -y redis-server" in text
+
+
+def test_missing_binaries_point_at_their_debian_packages(tmp_path: Path) -> None:
+    with pytest.raises(ComponentNotInstalled, match="apt-get install -y postgresql-15"):
+        find_bin_dir(tmp_path)
+    with pytest.raises(ComponentNotInstalled, match="apt-get install -y redis-server"):
+        find_redis_server(tmp_path / "redis-server")
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def test_wait_until_returns_the_first_truthy_result() -> None:
+    calls = iter([None, 0, "ready"])
+    assert wait_until(lambda: next(calls), timeout=5, interval=0.001, what="x") == "ready"
+
+
+def test_wait_until_times_out_naming_what_and_the_last_error() -> None:
+    def check() -> bool:
+        raise ConnectionRefusedError("connection refused")
+
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as caught:
+        wait_until(
+            check, timeout=0.2, interval=0.02, what="the widget", retry_on=(ConnectionError,)
+        )
+    assert 0.2 <= time.monotonic() - started < 2
+    text = str(caught.value)
+    assert "waiting for the widget" in text
+    assert "ConnectionRefusedError: connection refused" in text
+    assert caught.value.attempts > 1
+
+
+def test_wait_until_does_not_swallow_other_errors() -> None:
+    def check() -> bool:
+        raise ValueError("a bug, not a transient failure")
+
+    with pytest.raises(ValueError, match="a bug"):
+        wait_until(check, timeout=5, what="x", retry_on=(ConnectionError,))
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_managed_process_failure_carries_the_log_tail(tmp_path: Path) -> None:
+    log = tmp_path / "boom.log"
+    with ManagedProcess("boomer", ["sh", "-c", "echo boom; exit 3"], log_path=log) as process:
+        wait_until(lambda: process.poll() is not None, timeout=5, what="exit")
+        with pytest.raises(ComponentStartError) as caught:
+            process.raise_if_exited(hint="read the log")
+    text = str(caught.value)
+    assert "boomer failed to start: exited with code 3" in text
+    assert "| boom" in text
+    assert "command: sh -c 'echo boom; exit 3'" in text
+    assert process.returncode == 3
+
+
+def test_log_tail_keeps_the_last_lines(tmp_path: Path) -> None:
+    script = "for i in $(seq 1 100); do echo line $i; done"
+    with ManagedProcess("counter", ["sh", "-c", script], log_path=tmp_path / "c.log") as process:
+        wait_until(lambda: process.poll() is not None, timeout=5, what="exit")
+    assert process.log_tail(3).splitlines() == ["line 98", "line 99", "line 100"]
+
+
+def test_stop_terminates_then_kills_after_the_grace_period(tmp_path: Path) -> None:
+    polite = ManagedProcess("sleeper", ["sleep", "30"], log_path=tmp_path / "s.log").start()
+    assert polite.running
+    assert polite.stop() == -signal.SIGTERM
+
+    stubborn = ManagedProcess(
+        "stubborn",
+        ["sh", "-c", "trap '' TERM; echo ready; sleep 30"],
+        log_path=tmp_path / "t.log",
+        grace_s=0.3,
+    ).start()
+    wait_until(lambda: "ready" in stubborn.log_tail(), timeout=5, what="the trap")
+    started = time.monotonic()
+    assert stubborn.stop() == -signal.SIGKILL
+    assert time.monotonic() - started < 5
+
+
+def test_a_missing_program_is_a_start_error(tmp_path: Path) -> None:
+    with pytest.raises(ComponentStartError, match="could not execute"):
+        ManagedProcess("ghost", ["/nonexistent/binary"], log_path=tmp_path / "g.log").start()
+
+
+def test_an_unknown_os_user_is_a_configuration_error(tmp_path: Path) -> None:
+    process = ManagedProcess(
+        "x", ["true"], log_path=tmp_path / "x.log", user="no-such-user-atendeai"
+    )
+    with pytest.raises(ConfigurationError, match="no OS user"):
+        process.start()
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))
+
+
+BIND_SCRIPT = """
+import socket, sys, time
+sock = socket.socket()
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen()
+print("listening", flush=True)
+time.sleep(30)
+"""
+
+
+def test_losing_the_port_race_is_retried_on_another_port(tmp_path: Path) -> None:
+    """A real process that finds its port taken raises PortInUse; the helper retries."""
+    started: list[ManagedProcess] = []
+
+    def start() -> ManagedProcess:
+        port = next(ports)
+        process = ManagedProcess(
+            "binder",
+            [sys.executable, "-c", BIND_SCRIPT, str(port)],
+            log_path=tmp_path / "binder.log",  # shared by both attempts, as in the providers
+            port=port,
+            grace_s=2,
+        ).start()
+        started.append(process)
+
+        def ready() -> bool:
+            process.raise_if_exited()
+            return "listening" in process.log_tail()
+
+        wait_until(ready, timeout=10, what="the binder to listen")
+        return process
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken, free_port()])
+        winner = retry_on_bind_failure(start, component="binder", attempts=3)
+    try:
+        assert winner.port != taken and winner.running
+        assert len(started) == 2
+        assert "Address already in use" in started[0].log_tail()
+        assert "Address already in use" not in winner.log_tail()  # only its own output
+    finally:
+        winner.stop()
+
+
+def test_a_port_race_lost_every_time_names_the_ports() -> None:
+    def start() -> None:
+        raise PortInUse("binder", 4242, log_tail="bind: Address already in use")
+
+    with pytest.raises(ComponentStartError) as caught:
+        retry_on_bind_failure(start, component="binder", attempts=2)
+    assert caught.value.ports_tried == (4242, 4242)
+    assert "Address already in use" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- config, keys, tenants
+
+
+def test_local_config_validates_and_hides_the_password() -> None:
+    with pytest.raises(ConfigurationError, match="startup_timeout_s"):
+        LocalStackConfig(startup_timeout_s=0)
+    with pytest.raises(ConfigurationError, match="not an email"):
+        LocalStackConfig(platform_admin_email="nobody")
+    one, two = LocalStackConfig(), LocalStackConfig()
+    assert one.platform_admin_password != two.platform_admin_password
+    assert one.platform_admin_password not in repr(one)
+    assert LocalStackConfig(base_dir="/tmp").base_dir == Path("/tmp")  # type: ignore[arg-type]
+
+
+def test_jwt_keys_sign_and_verify_and_the_private_one_is_private(tmp_path: Path) -> None:
+    import jwt
+
+    keys = generate_jwt_keys(tmp_path)
+    assert stat.S_IMODE(keys.private_key_path.stat().st_mode) == 0o600
+    token = jwt.encode({"sub": "x"}, keys.private_key_path.read_text(), algorithm="RS256")
+    claims = jwt.decode(token, keys.public_key_path.read_text(), algorithms=["RS256"])
+    assert claims == {"sub": "x"}
+
+
+def test_client_addresses_are_unique_and_in_the_benchmark_range() -> None:
+    addresses = ClientAddresses(seed=7)
+    issued = [addresses.next() for _ in range(1000)]
+    assert len(set(issued)) == 1000
+    for address in issued:
+        ip = ipaddress.ip_address(address)
+        assert ip in CLIENT_NETWORK
+        assert ip not in (CLIENT_NETWORK.network_address, CLIENT_NETWORK.broadcast_address)
+
+
+def test_login_failed_shows_the_answer() -> None:
+    text = str(LoginFailed("a@b.test", "http://x/auth/login", 429, '{"error": "slow down"}'))
+    assert "429" in text and "slow down" in text and "a@b.test" in text
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["up", "--no-such-flag"],
+        ["frobnicate"],
+        [],
+        ["up", "--startup-timeout", "-1"],
+        ["up", "--startup-timeout", "soon"],
+        ["up", "--service-env", "NO_EQUALS_SIGN"],
+    ],
+)
+def test_cli_bad_usage_exits_2_with_a_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_json_into_a_missing_directory_fails_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    assert cli.main(["up", "--json", str(tmp_path / "nope" / "stack.json")]) == 2
+    assert time.monotonic() - started < 2  # nothing was started
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["up", "--help"]) == 0
+    assert "--json" in capsys.readouterr().out

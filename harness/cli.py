@@ -1,0 +1,237 @@
+"""``atendeai``: the harness on the command line.
+
+Subcommands:
+
+- ``atendeai up [--json FILE] [--keep-dir]``: bring the local stack up, print
+  every endpoint, keep it running until Ctrl-C or SIGTERM, then tear it down.
+
+Exit codes: 0 success; 2 bad usage or a stack that failed to start (the
+error's evidence is printed); 130 interrupted while starting. More
+subcommands (``gate``, ``lint-rls``) plug into ``build_parser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from harness.exceptions import ConfigurationError, HarnessError
+from harness.stack import Stack
+
+PROG = "atendeai"
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_START_FAILED = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return value
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or any(c.isspace() for c in name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Verify the AtendeAI platform foundation: bring up, check, report."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up",
+        help="bring the local stack up and keep it running until Ctrl-C",
+        description="Bring the local stack up (PostgreSQL, Redis, the four services), "
+        "print its endpoints and keep it running until Ctrl-C or SIGTERM.",
+    )
+    up.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the endpoints to FILE (atomically; removed on teardown); "
+        "use it with `pytest --stack=external --stack-json FILE`",
+    )
+    up.add_argument(
+        "--keep-dir",
+        action="store_true",
+        help="keep the run directory (logs, data) after teardown",
+    )
+    up.add_argument(
+        "--base-dir",
+        type=Path,
+        metavar="DIR",
+        help="make the run directory inside DIR (default: the system temp dir)",
+    )
+    up.add_argument(
+        "--startup-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long each component may take to become ready (default: 30)",
+    )
+    up.add_argument(
+        "--service-env",
+        type=_env_pair,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for every service, e.g. "
+        "ATENDEAI_LOGIN_LIMIT_PER_CLIENT=1000/60 (repeatable)",
+    )
+    up.set_defaults(handler=cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: choose a command (up)", file=sys.stderr)
+        return EXIT_USAGE
+    return handler(args)
+
+
+# --------------------------------------------------------------------------- up
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from harness.providers.local import LocalStackConfig, local_stack
+
+    json_path: Path | None = args.json
+    try:
+        if json_path is not None and not json_path.parent.is_dir():
+            raise ConfigurationError(
+                f"--json {json_path}: directory {json_path.parent} does not exist"
+            )
+        config = LocalStackConfig(
+            base_dir=args.base_dir,
+            keep_dir=args.keep_dir,
+            startup_timeout_s=args.startup_timeout,
+            service_env=tuple(args.service_env),
+        )
+    except ConfigurationError as error:
+        print(f"{PROG} up: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    started = time.monotonic()
+    with _sigterm_as_interrupt():
+        try:
+            with local_stack(config) as stack:
+                cold_start = time.monotonic() - started
+                if json_path is not None:
+                    stack.write_json(json_path)
+                print_endpoints(stack, cold_start_s=cold_start, json_path=json_path)
+                try:
+                    _wait_for_interrupt()
+                except KeyboardInterrupt:
+                    _ignore_interrupts()  # the stack's own progress lines say the rest
+                finally:
+                    if json_path is not None:
+                        json_path.unlink(missing_ok=True)
+        except KeyboardInterrupt:
+            print(f"{PROG} up: interrupted while starting; stopped", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except HarnessError as error:
+            print(f"{PROG} up: error: the stack did not start\n{error}", file=sys.stderr)
+            return EXIT_START_FAILED
+        except Exception:
+            traceback.print_exc()
+            print(
+                f"{PROG} up: error: the stack did not start (unexpected error above)",
+                file=sys.stderr,
+            )
+            return EXIT_START_FAILED
+    return EXIT_OK
+
+
+def print_endpoints(
+    stack: Stack,
+    *,
+    cold_start_s: float,
+    json_path: Path | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Everything needed to use the stack by hand, on stdout."""
+    out = sys.stdout if out is None else out
+    pg = stack.postgres
+    lines = [
+        f"AtendeAI stack is up ({stack.provider}; cold start {cold_start_s:.2f} s)",
+        "",
+        "services:",
+        *(f"  {name:<9} {url}" for name, url in stack.services.items()),
+        "",
+        f"postgres:   {pg.host}:{pg.port}  database {pg.database}",
+        f"  superuser {pg.superuser_dsn}",
+        f"  owner     {pg.owner_dsn}",
+        f"  app       {pg.app_dsn}",
+        "",
+        f"redis:      {stack.redis_url}",
+        "",
+        "platform admin:",
+        f"  email     {stack.platform_admin.email}",
+        f"  password  {stack.platform_admin.password}",
+        "",
+        f"jwt:        issuer {stack.jwt_issuer}, audience {stack.jwt_audience}, "
+        f"public key {stack.extra.get('jwt_public_key_file', '?')}",
+        f"cors:       {', '.join(stack.allowed_origins) or '(none)'}",
+        f"run dir:    {stack.extra.get('run_dir', '?')}  (logs of every component)",
+    ]
+    if json_path is not None:
+        lines.append(f"json:       {json_path}  (pytest --stack=external --stack-json {json_path})")
+    lines += ["", "Press Ctrl-C to stop."]
+    print("\n".join(lines), file=out, flush=True)
+
+
+def _wait_for_interrupt() -> None:
+    while True:
+        time.sleep(3600)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT raise KeyboardInterrupt: both stop the stack the same way."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    # Also when started in the background by a shell, which ignores SIGINT.
+    previous_int = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _ignore_interrupts() -> None:
+    """During teardown, a second Ctrl-C must not leave half the stack running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

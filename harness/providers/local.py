@@ -1,0 +1,342 @@
+"""The ``local`` provider: the whole stack as child processes, no Docker needed.
+
+``local_stack(config)`` is a context manager that brings up, in order:
+
+1. PostgreSQL 15 (``LocalPostgres``: initdb into the run directory),
+2. the cluster roles and the database (``system_under_test.migrate.bootstrap``),
+3. the migrations (as the owner role),
+4. the platform admin (``system_under_test.seed.seed_platform_admin``),
+5. Redis 7 (``LocalRedis``: password, AOF),
+6. the JWT key pair (private key for the auth service only),
+7. the four services, started concurrently, each awaited on ``GET /ready``,
+
+and yields the ``Stack`` describing it. Everything is torn down in reverse
+order on exit, and also when a step fails (whatever had started is stopped;
+the run directory is then kept, since the error points at the logs in it).
+Progress lines (component, address, seconds) go to the ``progress`` callback,
+by default to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.exceptions import ComponentStartError, ConfigurationError, HarnessError
+from harness.keys import generate_jwt_keys
+from harness.providers.postgres import LocalPostgres
+from harness.providers.redis import LocalRedis
+from harness.providers.services import SERVICE_NAMES, running_services, service_url
+from harness.stack import Credentials, PostgresEndpoints, Stack
+
+Progress = Callable[[str], None]
+
+DATABASE = "atendeai"
+OWNER_ROLE = "atendeai_owner"
+APP_ROLE = "atendeai_app"
+JWT_ISSUER = "atendeai-auth"
+JWT_AUDIENCE = "atendeai-api"
+
+
+def print_progress(line: str) -> None:
+    """The default ``progress`` callback: one line to stderr, flushed."""
+    print(f"atendeai: {line}", file=sys.stderr, flush=True)
+
+
+def generate_password() -> str:
+    """A strong random password (URL-safe, so it needs no quoting in DSNs)."""
+    return "At-" + secrets.token_urlsafe(24)
+
+
+def default_cache_dir() -> Path:
+    """``~/.cache/atendeai``: what is worth keeping between runs (the initdb template)."""
+    return Path.home() / ".cache" / "atendeai"
+
+
+@dataclass(frozen=True)
+class LocalStackConfig:
+    """Everything ``local_stack`` can be told; resolved once, then frozen.
+
+    - ``base_dir``: where the run directory is made (``None``: the system temp dir).
+    - ``startup_timeout_s``: how long each component may take to become ready.
+    - ``allowed_origins``: the CORS allow list given to the services.
+    - ``platform_admin_email`` / ``platform_admin_password``: the seeded platform
+      admin (the password is generated per stack unless given).
+    - ``service_env``: extra ``(NAME, value)`` environment for every service,
+      applied last (so it overrides the defaults, e.g. rate limits).
+    - ``keep_dir``: keep the run directory (logs, data) after teardown.
+    - ``login_limit_per_client``: ``ATENDEAI_LOGIN_LIMIT_PER_CLIENT`` for auth.
+    - ``postgres_bin_dir``: PostgreSQL 15 binaries (``None``: look them up).
+    - ``cache_dir``: where the initdb'd PostgreSQL template is kept between runs
+      (``None``: run initdb every time).
+    """
+
+    base_dir: Path | None = None
+    startup_timeout_s: float = 30.0
+    allowed_origins: tuple[str, ...] = ("http://localhost:8080",)
+    platform_admin_email: str = "platform-admin@atendeai.test"
+    platform_admin_password: str = field(default_factory=generate_password, repr=False)
+    service_env: tuple[tuple[str, str], ...] = ()
+    keep_dir: bool = False
+    login_limit_per_client: str = "20/60"
+    postgres_bin_dir: Path | None = None
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        for name in ("base_dir", "postgres_bin_dir", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.startup_timeout_s <= 0:
+            raise ConfigurationError(
+                f"startup_timeout_s must be positive, not {self.startup_timeout_s}"
+            )
+        if "@" not in self.platform_admin_email:
+            raise ConfigurationError(
+                f"platform_admin_email {self.platform_admin_email!r} is not an email address"
+            )
+        if len(self.platform_admin_password) < 8:
+            raise ConfigurationError("platform_admin_password must have at least 8 characters")
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        object.__setattr__(self, "service_env", tuple(tuple(p) for p in self.service_env))
+        for pair in self.service_env:
+            if len(pair) != 2 or not pair[0] or "=" in pair[0]:
+                raise ConfigurationError(f"service_env entry {pair!r} is not a (NAME, value) pair")
+
+
+@contextmanager
+def local_stack(
+    config: LocalStackConfig | None = None, *, progress: Progress | None = None
+) -> Iterator[Stack]:
+    """Bring the whole stack up as child processes; yield its ``Stack``; tear it down."""
+    config = LocalStackConfig() if config is None else config
+    say = print_progress if progress is None else progress
+    started = time.monotonic()
+
+    with ExitStack() as resources:
+        run_dir = _make_run_dir(config.base_dir)
+        # A failed start keeps its logs: the error message points into them.
+        outcome = {"started": False}
+        resources.callback(
+            lambda: _remove_run_dir(
+                run_dir, keep=config.keep_dir or not outcome["started"], say=say
+            )
+        )
+        resources.callback(say, "stack stopped")
+        say(f"run directory {run_dir}")
+
+        # 1. PostgreSQL
+        step = time.monotonic()
+        postgres = resources.enter_context(
+            LocalPostgres(
+                run_dir / "postgres",
+                bin_dir=config.postgres_bin_dir,
+                startup_timeout_s=config.startup_timeout_s,
+                template_cache_dir=config.cache_dir,
+            )
+        )
+        source = "template copy" if postgres.used_template else "initdb"
+        say(_line("postgres", f"{postgres.host}:{postgres.port} ({source})", step))
+
+        # 2-4. roles and database, migrations, platform admin
+        step = time.monotonic()
+        owner_password, app_password = generate_password(), generate_password()
+        owner_dsn = postgres.dsn(DATABASE, user=OWNER_ROLE, password=owner_password)
+        app_dsn = postgres.dsn(DATABASE, user=APP_ROLE, password=app_password)
+        applied = _prepare_database(
+            postgres,
+            owner_dsn=owner_dsn,
+            owner_password=owner_password,
+            app_password=app_password,
+            config=config,
+        )
+        say(_line("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
+
+        # 5. Redis
+        step = time.monotonic()
+        redis = resources.enter_context(
+            LocalRedis(run_dir / "redis", startup_timeout_s=config.startup_timeout_s)
+        )
+        say(_line("redis", f"{redis.host}:{redis.port}", step))
+
+        # 6. JWT keys
+        keys = generate_jwt_keys(run_dir / "keys")
+
+        # 7. services
+        step = time.monotonic()
+        base_env = _service_base_env(
+            app_dsn=app_dsn,
+            redis_url=redis.url,
+            public_key=keys.public_key_path,
+            config=config,
+        )
+
+        def env_for(name: str, urls: Mapping[str, str]) -> dict[str, str]:
+            env = dict(base_env)
+            if name == "auth":
+                env["ATENDEAI_JWT_PRIVATE_KEY_FILE"] = str(keys.private_key_path)
+            if name == "health":
+                env["ATENDEAI_SERVICE_URLS"] = ",".join(
+                    f"{other}={url}" for other, url in urls.items() if other != "health"
+                )
+            env.update(config.service_env)
+            return env
+
+        services = resources.enter_context(
+            running_services(
+                SERVICE_NAMES,
+                env_for=env_for,
+                log_dir=run_dir / "services",
+                timeout_s=config.startup_timeout_s,
+            )
+        )
+        say(
+            _line(
+                "services",
+                " ".join(f"{name}:{process.port}" for name, process in services.items()),
+                step,
+            )
+        )
+
+        cold_start = time.monotonic() - started
+        extra = {
+            "run_dir": str(run_dir),
+            "cold_start_seconds": f"{cold_start:.2f}",
+            "migrations": ",".join(applied),
+            "jwt_public_key_file": str(keys.public_key_path),
+            # For tests that must sign tokens with the real key (bad claims);
+            # of the services, only auth is given it.
+            "jwt_private_key_file": str(keys.private_key_path),
+            "postgres_log": str(postgres.log_path),
+            "postgres_socket_dir": str(postgres.socket_dir),
+            "postgres_pid": str(postgres.process.pid if postgres.process else ""),
+            "redis_log": str(redis.log_path),
+            "redis_pid": str(redis.process.pid if redis.process else ""),
+            "services_log_dir": str(run_dir / "services"),
+            **{f"{name}_pid": str(process.pid) for name, process in services.items()},
+        }
+        stack = Stack(
+            provider="local",
+            postgres=PostgresEndpoints(
+                superuser_dsn=postgres.dsn(DATABASE),
+                owner_dsn=owner_dsn,
+                app_dsn=app_dsn,
+                host=postgres.host,
+                port=int(postgres.port or 0),
+                database=DATABASE,
+            ),
+            redis_url=redis.url,
+            services={name: service_url(process) for name, process in services.items()},
+            platform_admin=Credentials(
+                email=config.platform_admin_email, password=config.platform_admin_password
+            ),
+            jwt_issuer=JWT_ISSUER,
+            jwt_audience=JWT_AUDIENCE,
+            allowed_origins=config.allowed_origins,
+            extra=extra,
+        )
+        say(f"stack ready in {cold_start:.2f} s")
+        resources.callback(say, "stopping the stack")
+        outcome["started"] = True
+        yield stack
+
+
+def _line(component: str, where: str, since: float) -> str:
+    return f"{component:<9} {where:<40} {time.monotonic() - since:5.2f} s"
+
+
+def _make_run_dir(base_dir: Path | None) -> Path:
+    if base_dir is not None:
+        try:
+            base_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(f"cannot create base directory {base_dir}: {error}") from None
+    run_dir = Path(tempfile.mkdtemp(prefix="atendeai-stack-", dir=base_dir))
+    # PostgreSQL runs as another OS user when we are root: it must be able to
+    # walk into the run directory (the secrets inside are mode 0600/0700).
+    run_dir.chmod(0o755)
+    return run_dir
+
+
+def _remove_run_dir(run_dir: Path, *, keep: bool, say: Progress) -> None:
+    if keep:
+        say(f"kept {run_dir} (logs and data)")
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _prepare_database(
+    postgres: LocalPostgres,
+    *,
+    owner_dsn: str,
+    owner_password: str,
+    app_password: str,
+    config: LocalStackConfig,
+) -> list[str]:
+    """Roles and database, migrations, platform admin; errors carry the server log."""
+    step = "bootstrap (roles and database)"
+    try:
+        migrate: Any = importlib.import_module("system_under_test.migrate")
+        migrate.bootstrap(
+            postgres.superuser_dsn,
+            database=DATABASE,
+            owner_password=owner_password,
+            app_password=app_password,
+        )
+        step = "migrations"
+        applied: list[str] = list(migrate.apply_migrations(owner_dsn))
+        step = "platform admin seed"
+        seed: Any = importlib.import_module("system_under_test.seed")
+        seed.seed_platform_admin(
+            owner_dsn, config.platform_admin_email, config.platform_admin_password
+        )
+    except HarnessError:
+        raise
+    except Exception as error:
+        raise ComponentStartError(
+            "database",
+            f"{step} failed: {type(error).__name__}: {error}",
+            log_path=str(postgres.log_path),
+            log_tail=postgres.process.log_tail(20) if postgres.process else "",
+            hint="see system_under_test/migrate.py, seed.py and the migrations; "
+            "the PostgreSQL log tail above shows the server's side",
+        ) from error
+    return applied
+
+
+def _service_base_env(
+    *, app_dsn: str, redis_url: str, public_key: Path, config: LocalStackConfig
+) -> dict[str, str]:
+    """The environment every service shares: ours replaces any inherited ATENDEAI_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        ATENDEAI_DATABASE_URL=app_dsn,
+        ATENDEAI_REDIS_URL=redis_url,
+        ATENDEAI_JWT_PUBLIC_KEY_FILE=str(public_key),
+        ATENDEAI_JWT_ISSUER=JWT_ISSUER,
+        ATENDEAI_JWT_AUDIENCE=JWT_AUDIENCE,
+        ATENDEAI_CORS_ORIGINS=",".join(config.allowed_origins),
+        ATENDEAI_LOGIN_LIMIT_PER_CLIENT=config.login_limit_per_client,
+    )
+    return env
+
+
+__all__ = [
+    "LocalStackConfig",
+    "Progress",
+    "default_cache_dir",
+    "generate_password",
+    "local_stack",
+    "print_progress",
+]

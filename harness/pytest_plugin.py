@@ -1,0 +1,240 @@
+"""The pytest plugin: options, the ``stack`` fixture and what tests build on it.
+
+Registered by the root ``conftest.py`` (``pytest_plugins = ["harness.pytest_plugin"]``).
+
+Options: ``--stack=local|external|containers`` (default ``local``: the stack is
+started once per session as child processes) and ``--stack-json FILE`` (the
+running environment for ``external``, e.g. written by ``atendeai up --json``).
+
+Fixtures:
+
+- ``stack`` (session): the ``Stack``.
+- ``superuser_db`` / ``owner_db`` / ``app_db``: psycopg 3 connections as the
+  superuser, the owner and the service role; autocommit off (psycopg's
+  default): commit yourself; what is left uncommitted is rolled back when the
+  connection is closed after the test. ``lock_timeout`` is 30 s, so a lock
+  that is never released fails the test instead of hanging the run.
+- ``api``: an ``ApiSession`` (``api.client(service, token=..., client_ip=...)``,
+  ``api.login(...)``); its clients are closed after the test.
+- ``client_ip``: a client address of the test's own (``X-Forwarded-For``).
+- ``tenant_factory(name=None, roles=...)`` and ``tenant``: fresh clinics with one
+  user per role (``harness.tenants``).
+- ``platform_admin_client(service)``: a client signed in as the platform admin.
+
+Tests that use ``stack`` (directly or through another fixture) get the
+``stack`` marker, so ``-m "not stack"`` runs only what needs no stack.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from harness.exceptions import ConfigurationError
+from harness.providers import PROVIDERS, get_provider
+from harness.stack import Stack
+from harness.tenants import ROLES, ApiSession, ClientAddresses, Tenant, create_tenant, hash_password
+
+if TYPE_CHECKING:
+    import httpx
+    import psycopg
+
+FIXTURE_LOCK_TIMEOUT = "30s"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("atendeai", "AtendeAI stack")
+    group.addoption(
+        "--stack",
+        choices=PROVIDERS,
+        default="local",
+        help="where the stack comes from: local (child processes, default), "
+        "external (--stack-json), containers (needs Docker; not in this version)",
+    )
+    group.addoption(
+        "--stack-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the running stack for --stack=external (from `atendeai up --json FILE`)",
+    )
+    group.addoption(
+        "--keep-stack-dir",
+        action="store_true",
+        default=False,
+        help="keep the local stack's run directory (logs, data) after the session",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    name = config.getoption("--stack")
+    try:
+        get_provider(name)
+    except ConfigurationError as error:
+        raise pytest.UsageError(str(error)) from None
+    stack_json = config.getoption("--stack-json")
+    if name == "external" and stack_json is None:
+        raise pytest.UsageError("--stack=external needs --stack-json FILE")
+    if name != "external" and stack_json is not None:
+        raise pytest.UsageError(f"--stack-json only applies to --stack=external (not {name})")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """SIGTERM (a cancelled CI job) stops the run like Ctrl-C: the stack is torn down."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(scope="session")
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The stack under test, brought up once per session (or read from --stack-json)."""
+    config = request.config
+    name = config.getoption("--stack")
+    provider = get_provider(name)
+    if name == "local":
+        from harness.providers.local import LocalStackConfig
+
+        manager = provider(
+            LocalStackConfig(keep_dir=config.getoption("--keep-stack-dir")),
+            progress=_progress_writer(config),
+        )
+    else:
+        manager = provider(config.getoption("--stack-json"))
+    with manager as running:
+        yield running
+
+
+def _progress_writer(config: pytest.Config) -> Callable[[str], None]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if reporter is None:
+            return
+        if capture is None:
+            _write_line(reporter, f"atendeai: {line}")
+            return
+        with capture.global_and_fixture_disabled():  # live, not in a test's captured output
+            _write_line(reporter, f"atendeai: {line}")
+
+    return write
+
+
+def _write_line(reporter: Any, line: str) -> None:
+    """A line of its own, even after a row of progress dots."""
+    writer = getattr(reporter, "_tw", None)
+    if getattr(writer, "width_of_current_line", 0):
+        reporter.write("\n")
+    reporter.write_line(line)
+
+
+def _connect(dsn: str, what: str) -> Iterator[psycopg.Connection[Any]]:
+    import psycopg
+
+    if not dsn:
+        pytest.skip(f"this stack gives no {what} DSN")
+    # A test that leaves a transaction open must not hang a later teardown
+    # forever: waiting for a lock longer than this is an error with a message.
+    conn = psycopg.connect(dsn, options=f"-c lock_timeout={FIXTURE_LOCK_TIMEOUT}")
+    try:
+        yield conn
+    finally:
+        conn.close()  # an open transaction is rolled back, never committed
+
+
+@pytest.fixture
+def superuser_db(stack: Stack) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection to the database: sees every row (RLS does not apply)."""
+    yield from _connect(stack.postgres.superuser_dsn, "superuser")
+
+
+@pytest.fixture
+def owner_db(stack: Stack) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as the owner role (subject to FORCE ROW LEVEL SECURITY)."""
+    yield from _connect(stack.postgres.owner_dsn, "owner")
+
+
+@pytest.fixture
+def app_db(stack: Stack) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as the service role the platform uses (RLS applies)."""
+    yield from _connect(stack.postgres.app_dsn, "service role")
+
+
+@pytest.fixture(scope="session")
+def client_addresses() -> ClientAddresses:
+    return ClientAddresses()
+
+
+@pytest.fixture
+def client_ip(client_addresses: ClientAddresses) -> str:
+    """A client address no other test uses (send it as X-Forwarded-For)."""
+    return client_addresses.next()
+
+
+@pytest.fixture
+def api(stack: Stack, client_addresses: ClientAddresses) -> Iterator[ApiSession]:
+    session = ApiSession(stack, client_addresses)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
+def tenant_password_hash() -> str:
+    """The bcrypt hash (cost 10) of ``harness.tenants.TEST_PASSWORD``, made once."""
+    return hash_password()
+
+
+@pytest.fixture
+def tenant_factory(
+    stack: Stack, api: ApiSession, tenant_password_hash: str
+) -> Callable[..., Tenant]:
+    """``tenant_factory(name=None, roles=("admin", "manager", "staff")) -> Tenant``."""
+
+    def make(*, name: str | None = None, roles: tuple[str, ...] = ROLES) -> Tenant:
+        return create_tenant(
+            stack.postgres.owner_dsn,
+            api=api,
+            password_hash=tenant_password_hash,
+            name=name,
+            roles=roles,
+        )
+
+    return make
+
+
+@pytest.fixture
+def tenant(tenant_factory: Callable[..., Tenant]) -> Tenant:
+    """A fresh clinic with an admin, a manager and a staff user."""
+    return tenant_factory()
+
+
+@pytest.fixture
+def platform_admin_client(
+    stack: Stack, api: ApiSession, client_ip: str
+) -> Callable[[str], httpx.Client]:
+    """``platform_admin_client(service) -> httpx.Client`` signed in as the platform admin."""
+    admin = stack.platform_admin
+
+    def make(service: str) -> httpx.Client:
+        token = api.access_token(admin.email, admin.password, client_ip=client_ip)
+        return api.client(service, client_ip=client_ip, token=token)
+
+    return make
