@@ -194,6 +194,38 @@ def _parent_death_signal() -> Callable[[], None] | None:
 _PREEXEC = _parent_death_signal()
 
 
+class StartedResource:
+    """The context-manager half of a local component: ``with X() as x`` runs
+    ``x._start()``, stops whatever had started when that fails, times the
+    start in ``x.startup_seconds`` and always calls ``x.stop()`` on exit."""
+
+    startup_seconds: float | None = None
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        started = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class ManagedProcess:
     """One child process with its output in ``log_path``; a context manager.
 

@@ -28,11 +28,8 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 from urllib.parse import quote
 
 from harness.exceptions import ComponentNotInstalled, ConfigurationError, WaitTimeout
@@ -40,6 +37,7 @@ from harness.processes import (
     LOOPBACK,
     ManagedProcess,
     OsUser,
+    StartedResource,
     free_port,
     retry_on_bind_failure,
     run_checked,
@@ -133,7 +131,7 @@ def _traversable_by(path: Path, user: OsUser) -> Path | None:
     return None
 
 
-class LocalPostgres:
+class LocalPostgres(StartedResource):
     """A PostgreSQL 15 cluster of its own, on a free port; a context manager.
 
     ``directory``: where the cluster lives (``data/``, the unix socket and the
@@ -208,25 +206,7 @@ class LocalPostgres:
         """The superuser on the maintenance database ``postgres``."""
         return self.dsn()
 
-    # -- lifecycle
-
-    def __enter__(self) -> Self:
-        started = time.monotonic()
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    # -- lifecycle (``with`` comes from StartedResource)
 
     def _start(self) -> None:
         self.bin_dir = find_bin_dir(self._bin_dir_arg)

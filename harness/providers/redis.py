@@ -14,17 +14,15 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 from urllib.parse import quote
 
 from harness.exceptions import ComponentNotInstalled, WaitTimeout
 from harness.processes import (
     LOOPBACK,
     ManagedProcess,
+    StartedResource,
     free_port,
     retry_on_bind_failure,
     wait_until,
@@ -64,7 +62,7 @@ def redis_version(binary: Path) -> str:
     return match.group(1) if match else ""
 
 
-class LocalRedis:
+class LocalRedis(StartedResource):
     """A password-protected redis-server on a free loopback port; a context manager."""
 
     def __init__(
@@ -106,30 +104,15 @@ class LocalRedis:
             raise RuntimeError("LocalRedis has not been started")
         return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
 
-    def __enter__(self) -> Self:
-        started = time.monotonic()
-        try:
-            binary = find_redis_server(self._binary_arg)
-            if self.directory is None:
-                self.directory = Path(tempfile.mkdtemp(prefix="atendeai-redis-"))
-            self.directory.mkdir(parents=True, exist_ok=True)
-            (self._dir / "data").mkdir(exist_ok=True)
-            retry_on_bind_failure(
-                lambda: self._launch(binary), component="redis", attempts=self.port_attempts
-            )
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _start(self) -> None:
+        binary = find_redis_server(self._binary_arg)
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="atendeai-redis-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self._dir / "data").mkdir(exist_ok=True)
+        retry_on_bind_failure(
+            lambda: self._launch(binary), component="redis", attempts=self.port_attempts
+        )
 
     def _write_config(self, port: int) -> None:
         text = "\n".join(
