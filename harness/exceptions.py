@@ -6,6 +6,7 @@
     ├── ConfigurationError          bad CLI flags, options or config values
     ├── WaitTimeout                 wait_until() ran out of time (what, how long, last evidence)
     ├── LoginFailed                 a test user could not sign in (status and body of the answer)
+    ├── LoadRunError                the load generator failed or overran (command, log tail)
     └── StackError                  a component of the stack could not be brought up
         ├── ComponentNotInstalled   a binary is missing (names the Debian package to install)
         ├── ComponentStartError     a component started but did not become ready
@@ -177,3 +178,20 @@ __all__ = [
     "StackError",
     "WaitTimeout",
 ]
+
+
+class LoadRunError(HarnessError):
+    """The load generator exited with an error or ran past its time limit."""
+
+    def __init__(self, reason: str, *, command: Sequence[str], log_tail: str = "") -> None:
+        self.reason = reason
+        self.command = tuple(command)
+        self.log_tail = log_tail
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        lines = [f"the load run failed: {self.reason}", f"  command: {shlex.join(self.command)}"]
+        tail = self.log_tail.rstrip().splitlines() or ["(empty)"]
+        lines.append("  log tail:")
+        lines.extend(f"    | {line}" for line in tail)
+        return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""The gate's pure parts: acceptance mapping, cross-check, reports, Locust CSV."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.gate.acceptance import Criterion, CriterionStatus, assess
+from harness.gate.crosscheck import cross_check
+from harness.gate.memory import tree_rss_bytes
+from harness.gate.report import write_reports
+from harness.gate.result import GateResult
+from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit
+from harness.loadrun import ClientFigures, EndpointFigures, HistoryPoint, read_locust_csv
+from harness.slo import Objective, Verdict, evaluate_objective
+
+
+def _objective(name: str, **fields) -> Objective:
+    base = {"name": name, "query": "q[$window]", "comparator": "<", "threshold": 0.2}
+    return Objective(**{**base, **fields})
+
+
+def _suites(*outcomes: tuple[str, str]) -> SuiteResults:
+    return SuiteResults(
+        Path("junit.xml"), tuple(SuiteOutcome(f, "t", status) for f, status in outcomes), 0
+    )
+
+
+CRITERION = Criterion("security", "RLS implementado", "isolation", suites=("ct/test_rls*.py",))
+
+
+def test_a_criterion_passes_only_when_its_tests_ran_and_passed():
+    ok = assess([CRITERION], _suites(("ct/test_rls.py", "passed")), [])
+    assert ok[0].status is CriterionStatus.PASS
+    bad = assess(
+        [CRITERION], _suites(("ct/test_rls.py", "passed"), ("ct/test_rls2.py", "failed")), []
+    )
+    assert bad[0].status is CriterionStatus.FAIL
+    skipped = assess([CRITERION], _suites(("ct/test_rls.py", "skipped")), [])
+    assert skipped[0].status is CriterionStatus.NOT_VERIFIABLE  # a skip is not a pass
+    unrelated = assess([CRITERION], _suites(("ct/test_other.py", "passed")), [])
+    assert unrelated[0].status is CriterionStatus.NOT_VERIFIABLE
+
+
+def test_objective_criteria_follow_the_objective_and_unverifiable_ones_say_why():
+    p95 = Criterion("performance", "p95", "p95", objectives=("p95",))
+    good = evaluate_objective(_objective("p95"), 0.05)
+    bad = evaluate_objective(_objective("p95"), 0.5)
+    assert assess([p95], None, [good])[0].status is CriterionStatus.PASS
+    assert assess([p95], None, [bad])[0].status is CriterionStatus.FAIL
+    kong = Criterion("functionality", "Kong", "routes", not_verifiable="no Docker here")
+    result = assess([kong], _suites(), [])[0]
+    assert (
+        result.status is CriterionStatus.NOT_VERIFIABLE and result.evidence[0] == "no Docker here"
+    )
+
+
+def _client(p95_ms: float, login_p95_ms: float | None = None, failures: int = 0) -> ClientFigures:
+    endpoints = []
+    if login_p95_ms is not None:
+        endpoints.append(EndpointFigures("POST", "/auth/login", 10, 0, 5, login_p95_ms, 90, 1.0))
+    return ClientFigures(
+        started_at=0,
+        ended_at=60,
+        aggregated=EndpointFigures("", "Aggregated", 1000, failures, 5, p95_ms, 50, 16.6),
+        endpoints=tuple(endpoints),
+        history=(
+            HistoryPoint(1, 10, 5.0, 0.0, 4, p95_ms),
+            HistoryPoint(2, 20, 9.0, 0.0, 4, p95_ms),
+        ),
+    )
+
+
+def test_cross_check_agrees_within_tolerance_and_flags_disagreement():
+    results = [
+        evaluate_objective(_objective("p95_overall"), 0.040),
+        evaluate_objective(_objective("p95_login", threshold=0.1), 0.050),
+        evaluate_objective(_objective("error_ratio", unit="ratio", threshold=0.01), 0.0),
+    ]
+    checks = {c.objective: c for c in cross_check(results, _client(55, login_p95_ms=300))}
+    assert checks["p95_overall"].agrees is True and checks[
+        "p95_overall"
+    ].difference == pytest.approx(15)
+    assert checks["p95_login"].agrees is False  # 50 ms server vs 300 ms client
+    assert checks["error_ratio"].agrees is True
+    missing = cross_check([evaluate_objective(_objective("p95_overall"), None)], _client(5))
+    assert missing[0].agrees is None
+
+
+def _result(verdict: Verdict) -> GateResult:
+    results = (
+        evaluate_objective(
+            _objective("p95_overall", warning=0.15), 0.17 if verdict is Verdict.GO else 0.3
+        ),
+        evaluate_objective(
+            _objective("users_reached", comparator=">=", threshold=1000, unit="count"), 1000
+        ),
+    )
+    suites = _suites(("ct/test_rls.py", "passed"), ("ct/test_x.py", "skipped"))
+    return GateResult(
+        run_id="20261124T000000Z-smoke",
+        profile="smoke",
+        provider="local",
+        load_mode="closed model",
+        verdict=verdict,
+        window=(1_790_000_000.0, 1_790_000_060.0),
+        objectives=results,
+        queries={"p95_overall": "histogram_quantile(0.95, ...[60s])"},
+        cross_checks=tuple(cross_check(list(results), _client(170))),
+        acceptance=tuple(assess([CRITERION], suites, results)),
+        suites=suites,
+        client=_client(170),
+        memory_mb={"idle": 300.0, "peak": 450.5},
+        series={"latency p95": [(1.0, 10.0), (2.0, 12.0)], "users": [(1.0, 10.0), (2.0, 20.0)]},
+    )
+
+
+@pytest.mark.parametrize("verdict", [Verdict.GO, Verdict.NO_GO])
+def test_the_four_reports_say_the_same_verdict(tmp_path, verdict):
+    paths = write_reports(_result(verdict), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "junit.xml", "report.html", "report.json", "summary.md",
+    ]  # fmt: skip
+    data = json.loads(paths["json"].read_text())
+    assert data["verdict"] == verdict.value
+    assert data["objectives"][0]["status"] == ("warn" if verdict is Verdict.GO else "fail")
+    junit = ET.parse(paths["junit"]).getroot()
+    slo_suite = junit.find("testsuite[@name='slo']")
+    assert slo_suite is not None
+    assert slo_suite.get("failures") == ("0" if verdict is Verdict.GO else "1")
+    html = paths["html"].read_text()
+    expected = "GO (1 warning)" if verdict is Verdict.GO else "NO-GO: p95_overall broke"
+    assert expected in html and "<svg" in html and "histogram_quantile" in html
+    assert expected in paths["markdown"].read_text()
+
+
+def test_read_junit_counts_statuses(tmp_path):
+    path = tmp_path / "j.xml"
+    path.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="contract_tests.test_a" name="t1"/>'
+        '<testcase classname="contract_tests.test_a" name="t2"><failure message="boom"/></testcase>'
+        '<testcase classname="contract_tests.sub.test_b" name="t3">'
+        '<skipped message="s"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    results = read_junit(path)
+    assert [o.status for o in results.outcomes] == ["passed", "failed", "skipped"]
+    assert results.outcomes[0].file == "contract_tests/test_a.py"
+    assert results.outcomes[2].file == "contract_tests/sub/test_b.py"
+    assert not results.ok and results.outcomes[1].message == "boom"
+
+
+def test_read_locust_csv(tmp_path):
+    prefix = tmp_path / "locust"
+    header = (
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+        "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+        "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+    )
+    Path(f"{prefix}_stats.csv").write_text(
+        header + "\nGET,/clinics/me,100,1,4,5,1,40,900,10.5,0.1,4,5,6,6,8,12,20,30,40,40,40\n"
+        ",Aggregated,100,1,4,5,1,40,900,10.5,0.1,4,5,6,6,8,12,20,30,40,40,40\n"
+    )
+    history_header = (
+        "Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,"
+        "99%,99.9%,99.99%,100%,Total Request Count,Total Failure Count,Total Median Response "
+        "Time,Total Average Response Time,Total Min Response Time,Total Max Response Time,"
+        "Total Average Content Size"
+    )
+    Path(f"{prefix}_stats_history.csv").write_text(
+        history_header
+        + "\n10,0,,Aggregated,0,0,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,0,0,0,0,0,0,0\n"
+        "11,20,,Aggregated,9.5,0,4,5,6,6,8,12,20,30,40,40,40,50,0,4,5,1,40,900\n"
+    )
+    figures = read_locust_csv(prefix, started_at=10, ended_at=70)
+    assert figures.aggregated.p95_ms == 12 and figures.endpoints[0].label == "GET /clinics/me"
+    assert figures.users_peak == 20 and figures.history[0].p95_ms is None
+    assert figures.figure("failure_ratio") == pytest.approx(0.01)
+    assert figures.figure("users_peak") == 20 and figures.duration_s == 60
+
+
+def test_tree_rss_counts_this_process_and_nothing_for_dead_pids():
+    assert tree_rss_bytes([os.getpid()]) > 10 * 2**20
+    assert tree_rss_bytes([2**22 + 12345]) is None

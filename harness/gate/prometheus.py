@@ -1,0 +1,62 @@
+"""Figures read back from Prometheus over exactly the load window."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from prometheus_api_client import PrometheusConnect
+
+from harness.slo import Objective, render_query
+
+
+class QueryError(RuntimeError):
+    """A query failed or did not return one number; the message shows the query."""
+
+
+class PrometheusReader:
+    def __init__(self, url: str, *, timeout_s: int = 30) -> None:
+        self.url = url
+        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s)
+
+    def instant(self, query: str, at: float) -> float | None:
+        """One number at time ``at`` (None when the query has no data)."""
+        try:
+            result = self._client.custom_query(query, params={"time": f"{at:.3f}"})
+        except Exception as error:  # the client raises several types; keep the query
+            raise QueryError(f"{error} -- query: {query}") from None
+        if isinstance(result, list):
+            if not result:
+                return None
+            if len(result) > 1:
+                raise QueryError(f"{len(result)} series where one was expected -- query: {query}")
+            value = float(result[0]["value"][1])
+        else:  # a scalar: [time, "value"]
+            value = float(result[1])
+        return None if math.isnan(value) else value
+
+    def objective_value(self, objective: Objective, start: float, end: float) -> float | None:
+        return self.instant(render_query(objective, max(1, round(end - start))), end)
+
+    def series(
+        self, query: str, start: float, end: float, step_s: int
+    ) -> list[tuple[float, float]]:
+        """``[(unix time, value), ...]`` of a query that returns one series."""
+        try:
+            result = self._client.custom_query_range(
+                query,
+                start_time=datetime.fromtimestamp(start, UTC),
+                end_time=datetime.fromtimestamp(end, UTC),
+                step=f"{step_s}s",
+            )
+        except Exception as error:
+            raise QueryError(f"{error} -- query: {query}") from None
+        if not result:
+            return []
+        return [(float(t), float(v)) for t, v in result[0]["values"] if not math.isnan(float(v))]
+
+    def targets(self) -> tuple[int, int]:
+        """(targets up, targets in all)."""
+        values = self._client.custom_query("up")
+        up = sum(1 for item in values if float(item["value"][1]) == 1)
+        return up, len(values)

@@ -1,0 +1,368 @@
+"""The gate's four reports, written from one ``GateResult``:
+
+- ``report.html`` for a person: the verdict first, then every objective with
+  value, threshold, margin and query; the cross-check; plots over time; the
+  acceptance criteria; the suites;
+- ``report.json`` for machines; ``junit.xml`` for CI; ``summary.md`` for a
+  pull request comment.
+
+Files are written to a temporary name and renamed, so a reader never sees a
+half-written report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness.gate.acceptance import CriterionStatus
+from harness.gate.result import GateResult, Series, plain
+from harness.slo import ObjectiveResult, Status, Verdict
+
+STATUS_COLOURS = {
+    "pass": "#1a7f37", "PASS": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "FAIL": "#cf222e",
+    "no_data": "#cf222e", "NOT VERIFIABLE HERE": "#57606a",
+}  # fmt: skip
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def write_reports(result: GateResult, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "json": _write(out_dir / "report.json", json.dumps(plain(result), indent=2) + "\n"),
+        "markdown": _write(out_dir / "summary.md", render_markdown(result)),
+        "junit": _write(out_dir / "junit.xml", render_junit(result)),
+        "html": _write(out_dir / "report.html", render_html(result)),
+    }
+
+
+# --- shared formatting -------------------------------------------------------
+
+
+def format_value(result: ObjectiveResult, value: float | None = None) -> str:
+    value = result.value if value is None else value
+    if value is None:
+        return "no data"
+    unit = result.objective.unit
+    if unit == "seconds":
+        return f"{value * 1000:.1f} ms"
+    if unit == "ratio":
+        return f"{value * 100:.3f} %"
+    return f"{value:,.0f}" if unit == "count" else f"{value:.2f}"
+
+
+def _threshold(result: ObjectiveResult) -> str:
+    o = result.objective
+    return f"{o.comparator} {format_value(result, o.threshold)}"
+
+
+def _margin(result: ObjectiveResult) -> str:
+    return (
+        ""
+        if result.margin is None
+        else format_value(result, abs(result.margin))
+        + (" to spare" if result.margin > 0 else " over")
+    )
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _headline(result: GateResult) -> str:
+    warnings = sum(1 for r in result.objectives if r.status is Status.WARN)
+    failed = [
+        r.objective.name for r in result.objectives if r.status in (Status.FAIL, Status.NO_DATA)
+    ]
+    text = "GO" if result.verdict is Verdict.GO else "NO-GO"
+    if failed:
+        text += f": {', '.join(failed)} broke"
+    if warnings:
+        text += f" ({warnings} warning{'s' if warnings > 1 else ''})"
+    return text
+
+
+# --- Markdown ------------------------------------------------------------------
+
+
+def render_markdown(result: GateResult) -> str:
+    lines = [
+        f"## Release gate: **{_headline(result)}**",
+        "",
+        f"Run `{result.run_id}`, profile `{result.profile}`, provider `{result.provider}`, "
+        f"load {result.load_mode}.",
+    ]
+    if result.window:
+        lines.append(
+            f"Load window {_when(result.window[0])} → {_when(result.window[1])} "
+            f"({result.window[1] - result.window[0]:.0f} s)."
+        )
+    lines += ["", "| objective | value | threshold | status |", "| --- | --- | --- | --- |"]
+    for r in result.objectives:
+        lines.append(
+            f"| {r.objective.name} | {format_value(r)} | {_threshold(r)} | {r.status.value} |"
+        )
+    if result.cross_checks:
+        lines += [
+            "",
+            "| figure | server | client | difference | agrees |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for c in result.cross_checks:
+            lines.append(
+                f"| {c.objective} | {_num(c.server)} {c.unit} | {_num(c.client)} {c.unit} | "
+                f"{_num(c.difference)} | {_agreement(c.agrees)} |"
+            )
+    if result.suites:
+        s = result.suites
+        lines += [
+            "",
+            f"Suites: {s.count('passed')} passed, {s.count('failed')} failed, "
+            f"{s.count('error')} errors, {s.count('skipped')} skipped.",
+        ]
+    lines += ["", "| criterion | status |", "| --- | --- |"]
+    for c in result.acceptance:
+        lines.append(f"| {c.criterion.spec_text} | {c.status.value} |")
+    lines += [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _agreement(agrees: bool | None) -> str:
+    return "n/a" if agrees is None else "PASS" if agrees else "FAIL"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+# --- JUnit ---------------------------------------------------------------------
+
+
+def render_junit(result: GateResult) -> str:
+    root = ET.Element("testsuites", name=f"atendeai-gate {result.run_id}")
+    slo = ET.SubElement(root, "testsuite", name="slo", tests=str(len(result.objectives)))
+    failures = 0
+    for r in result.objectives:
+        case = ET.SubElement(slo, "testcase", classname="slo", name=r.objective.name)
+        if r.status in (Status.FAIL, Status.NO_DATA):
+            failures += 1
+            ET.SubElement(case, "failure", message=r.reason).text = result.queries.get(
+                r.objective.name, r.objective.query
+            )
+        elif r.status is Status.WARN:
+            ET.SubElement(case, "system-out").text = f"WARNING: {r.reason}"
+    slo.set("failures", str(failures))
+    acceptance = ET.SubElement(
+        root, "testsuite", name="acceptance", tests=str(len(result.acceptance))
+    )
+    failed = skipped = 0
+    for c in result.acceptance:
+        case = ET.SubElement(
+            acceptance,
+            "testcase",
+            classname=f"acceptance.{c.criterion.area}",
+            name=c.criterion.spec_text,
+        )
+        evidence = "\n".join(c.evidence)
+        if c.status is CriterionStatus.FAIL:
+            failed += 1
+            ET.SubElement(case, "failure", message="criterion not met").text = evidence
+        elif c.status is CriterionStatus.NOT_VERIFIABLE:
+            skipped += 1
+            ET.SubElement(case, "skipped", message="not verifiable here").text = evidence
+    acceptance.set("failures", str(failed))
+    acceptance.set("skipped", str(skipped))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+# --- HTML ----------------------------------------------------------------------
+
+
+def line_chart(
+    title: str, series: dict[str, Series], *, unit: str, width: int = 720, height: int = 220
+) -> str:
+    """A small SVG line chart (no JavaScript, no external files)."""
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return f"<figure><figcaption>{html.escape(title)}: no data</figcaption></figure>"
+    left, right, top, bottom = 60, 10, 10, 30
+    t0, t1 = min(p[0] for p in points), max(p[0] for p in points)
+    v1 = max(p[1] for p in points) or 1.0
+    span_t = (t1 - t0) or 1.0
+
+    def x(t: float) -> float:
+        return left + (t - t0) / span_t * (width - left - right)
+
+    def y(v: float) -> float:
+        return top + (1 - v / v1) * (height - top - bottom)
+
+    colours = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#9a6700"]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'role="img" aria-label="{html.escape(title)}">',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" '
+        'stroke="#8c959f"/>',
+        f'<text x="4" y="{top + 10}" font-size="11">{v1:.3g} {html.escape(unit)}</text>',
+        f'<text x="4" y="{height - bottom}" font-size="11">0</text>',
+        f'<text x="{left}" y="{height - 8}" font-size="11">0 s</text>',
+        f'<text x="{width - right - 40}" y="{height - 8}" font-size="11">{span_t:.0f} s</text>',
+    ]
+    legend = []
+    for i, (name, data) in enumerate(series.items()):
+        colour = colours[i % len(colours)]
+        path = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in data)
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>'
+        )
+        legend.append(f'<span style="color:{colour}">■ {html.escape(name)}</span>')
+    parts.append("</svg>")
+    return (
+        f"<figure><figcaption>{html.escape(title)} {' '.join(legend)}</figcaption>"
+        + "".join(parts)
+        + "</figure>"
+    )
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _badge(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "#57606a")
+    return f'<b style="color:{colour}">{html.escape(status)}</b>'
+
+
+def render_html(result: GateResult) -> str:
+    e = html.escape
+    go = result.verdict is Verdict.GO
+    sections = [
+        f'<h1 style="color:{"#1a7f37" if go else "#cf222e"}">{e(_headline(result))}</h1>',
+        f"<p>Run <code>{e(result.run_id)}</code> · profile <b>{e(result.profile)}</b> · "
+        f"provider {e(result.provider)} · load {e(result.load_mode)}"
+        + (
+            f" · window {_when(result.window[0])} → {_when(result.window[1])} "
+            f"({result.window[1] - result.window[0]:.0f} s)"
+            if result.window
+            else ""
+        )
+        + "</p>",
+        "<h2>Objectives</h2>",
+        _table(
+            ["objective", "value", "threshold", "margin", "status", "why", "query"],
+            [
+                [
+                    e(r.objective.name), format_value(r), e(_threshold(r)), e(_margin(r)),
+                    _badge(r.status.value), e(r.reason),
+                    f"<code>{e(result.queries.get(r.objective.name, r.objective.query))}</code>",
+                ]
+                for r in result.objectives
+            ],
+        ),
+    ]  # fmt: skip
+    if result.cross_checks:
+        sections += [
+            "<h2>Server and client views</h2>",
+            "<p>Server figures come from Prometheus; client figures from the load "
+            "generator's raw data for the same window.</p>",
+            _table(
+                ["figure", "server", "client", "difference", "tolerance", "agree"],
+                [
+                    [e(c.objective), f"{_num(c.server)} {e(c.unit)}",
+                     f"{_num(c.client)} {e(c.unit)}", _num(c.difference), e(c.tolerance),
+                     _badge(_agreement(c.agrees))]
+                    for c in result.cross_checks
+                ],
+            ),
+        ]  # fmt: skip
+    if result.series:
+        series = result.series
+        latency = {
+            k.removeprefix("latency "): v for k, v in series.items() if k.startswith("latency")
+        }
+        sections += [
+            "<h2>Over time</h2>",
+            line_chart("Latency", latency, unit="ms"),
+            *(
+                line_chart(title, {name: series[name]} if name in series else {}, unit=unit)
+                for title, name, unit in (
+                    ("Throughput", "requests/s", "req/s"),
+                    ("Errors", "errors/s", "err/s"),
+                    ("Users", "users", "users"),
+                )
+            ),
+        ]  # fmt: skip
+    if result.client:
+        sections += [
+            "<h2>Per endpoint (load generator)</h2>",
+            _table(
+                ["endpoint", "requests", "failures", "median", "p95", "p99", "req/s"],
+                [
+                    [e(p.label), f"{p.requests:,}", f"{p.failures:,}", f"{_num(p.median_ms)} ms",
+                     f"{_num(p.p95_ms)} ms", f"{_num(p.p99_ms)} ms", f"{p.requests_per_second:.1f}"]
+                    for p in (*result.client.endpoints, result.client.aggregated)
+                ],
+            ),
+            f"<p>Peak users: {result.client.users_peak:,}.</p>",
+        ]  # fmt: skip
+    if result.memory_mb:
+        sections.append(
+            "<h2>Memory of the whole stack (RSS)</h2><p>"
+            + " · ".join(f"{e(k)}: {_num(v)} MB" for k, v in result.memory_mb.items())
+            + "</p>"
+        )
+    sections += [
+        "<h2>Acceptance criteria of the spec</h2>",
+        _table(
+            ["area", "criterion", "status", "evidence"],
+            [
+                [e(c.criterion.area),
+                 f"{e(c.criterion.spec_text)}<br><small>{e(c.criterion.meaning)}</small>",
+                 _badge(c.status.value), "<br>".join(e(x) for x in c.evidence)]
+                for c in result.acceptance
+            ],
+        ),
+    ]  # fmt: skip
+    if result.suites:
+        s = result.suites
+        failed = [o for o in s.outcomes if o.status in ("failed", "error")]
+        sections += [
+            "<h2>Suites</h2>",
+            f"<p>{s.count('passed')} passed, {s.count('failed')} failed, "
+            f"{s.count('error')} errors, "
+            f"{s.count('skipped')} skipped (JUnit: <code>{e(str(s.junit_path.name))}</code>).</p>",
+        ]
+        if failed:
+            sections.append(
+                _table(
+                    ["test", "message"], [[e(f"{o.file}::{o.name}"), e(o.message)] for o in failed]
+                )
+            )
+    if result.notes or result.timings_s:
+        sections.append("<h2>Notes</h2><ul>")
+        sections += [f"<li>{e(n)}</li>" for n in result.notes]
+        sections += [f"<li>{e(k)}: {v:.1f} s</li>" for k, v in result.timings_s.items()]
+        sections.append("</ul>")
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}"
+        "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d0d7de;"
+        "padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}"
+        "code{font-size:.8rem;word-break:break-all}figure{margin:1rem 0}"
+    )
+    return (
+        "<!doctype html><html lang=en><meta charset=utf-8>"
+        f"<title>AtendeAI gate {e(result.run_id)}: {e(result.verdict.value)}</title>"
+        f"<style>{style}</style><body>" + "\n".join(sections) + "</body></html>\n"
+    )

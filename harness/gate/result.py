@@ -1,0 +1,60 @@
+"""Everything one gate run found, as plain data for the report writers."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.gate.acceptance import CriterionResult
+from harness.gate.crosscheck import CrossCheck
+from harness.gate.suites import SuiteResults
+from harness.loadrun import ClientFigures
+from harness.slo import ObjectiveResult, Verdict
+
+Series = list[tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    run_id: str
+    profile: str
+    provider: str
+    load_mode: str  # "closed (1-3 s think time)" or "open arrival, N req/s"
+    verdict: Verdict
+    window: tuple[float, float] | None
+    objectives: tuple[ObjectiveResult, ...]
+    queries: dict[str, str]  # objective -> the PromQL that ran
+    cross_checks: tuple[CrossCheck, ...]
+    acceptance: tuple[CriterionResult, ...]
+    suites: SuiteResults | None
+    client: ClientFigures | None
+    memory_mb: dict[str, float | None] = field(default_factory=dict)  # idle / peak
+    series: dict[str, Series] = field(default_factory=dict)  # name -> points
+    targets: tuple[int, int] | None = None
+    notes: tuple[str, ...] = ()
+    timings_s: dict[str, float] = field(default_factory=dict)
+    baseline_from: str | None = None
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready data from dataclasses, enums, paths and tuples."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        for name in ("label", "users_peak", "duration_s", "difference"):
+            if hasattr(type(value), name) and isinstance(getattr(type(value), name), property):
+                data[name] = plain(getattr(value, name))
+        return data
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value

@@ -1,0 +1,331 @@
+"""One gate run, wired together: stack → suites → load → SLOs → reports.
+
+Exit codes: 0 go, 1 no-go, 2 a broken run (bad SLO file, the stack or the
+load generator failed): a broken run never pretends to be a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness.exceptions import ConfigurationError, HarnessError
+from harness.gate.acceptance import CRITERIA, assess
+from harness.gate.crosscheck import cross_check
+from harness.gate.memory import PeakMemory, megabytes, stack_pids, tree_rss_bytes
+from harness.gate.prometheus import PrometheusReader, QueryError
+from harness.gate.report import format_value, write_reports
+from harness.gate.result import GateResult
+from harness.gate.suites import SuiteResults, run_suites
+from harness.loadrun import ClientFigures, LoadRunConfig, run_load
+from harness.slo import (
+    DEFAULT_SLO_FILE,
+    SloFile,
+    Verdict,
+    evaluate,
+    load_slo_file,
+    render_query,
+    verdict,
+)
+from harness.stack import Stack
+from loadtests.profiles import PROFILES
+
+EXIT_GO, EXIT_NO_GO, EXIT_BROKEN = 0, 1, 2
+Progress = Callable[[str], None]
+
+# Latency and traffic over time, for the report's plots (server side).
+_USER_ROUTES = 'route!~"/health|/ready|/metrics|/openapi.json|/status"'
+_BUCKETS = f"sum by (le) (rate(http_server_request_duration_seconds_bucket{{{_USER_ROUTES}}}[15s]))"
+SERIES_QUERIES = {
+    "latency p50": f"histogram_quantile(0.50, {_BUCKETS}) * 1000",
+    "latency p95": f"histogram_quantile(0.95, {_BUCKETS}) * 1000",
+    "requests/s": f"sum(rate(http_server_request_duration_seconds_count{{{_USER_ROUTES}}}[15s]))",
+    "errors/s": 'sum(rate(http_server_request_duration_seconds_count{status=~"5..|429"}[15s]))'
+    " or vector(0)",
+}
+
+
+def print_progress(line: str) -> None:
+    print(f"gate: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    profile: str = "sla"
+    provider: str = "local"
+    stack_json: Path | None = None
+    slo_file: Path = DEFAULT_SLO_FILE
+    reports_dir: Path = Path("reports")
+    profile_scale: float = 1.0
+    processes: int = 1
+    arrival_rate: float = 0.0
+    run_suites: bool = True
+    suite_args: tuple[str, ...] = ()
+    baseline: str = "auto"  # "auto" (last passing run of this profile), "none", or a report.json
+    service_env: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigurationError(
+                f"unknown profile {self.profile!r} (choose one of: {', '.join(PROFILES)})"
+            )
+        if self.profile_scale <= 0:
+            raise ConfigurationError("--profile-scale must be positive")
+        if self.processes < 1:
+            raise ConfigurationError("--processes must be at least 1")
+        if self.arrival_rate < 0:
+            raise ConfigurationError("--arrival-rate cannot be negative")
+        if self.provider == "external" and self.stack_json is None:
+            raise ConfigurationError("--provider external needs --stack-json FILE")
+
+    @property
+    def load_mode(self) -> str:
+        if self.arrival_rate > 0:
+            return f"open arrival model at {self.arrival_rate:g} requests/s"
+        return "closed model (each user waits 1-3 s between tasks)"
+
+
+def _gateway(stack: Stack) -> str:
+    url = getattr(stack, "gateway_url", None) or stack.extra.get("gateway_url")
+    if not url:
+        raise ConfigurationError("this stack has no gateway URL (HAProxy) to send load through")
+    return url
+
+
+def _prometheus(stack: Stack) -> str:
+    url = getattr(stack, "prometheus_url", None) or stack.extra.get("prometheus_url")
+    if not url:
+        raise ConfigurationError("this stack has no Prometheus URL to read the SLOs from")
+    return url
+
+
+def find_baseline(config: GateConfig, reports_dir: Path) -> tuple[dict[str, float], str | None]:
+    """Objective values of the last passing run of the same profile."""
+    if config.baseline == "none":
+        return {}, None
+    candidates: list[Path]
+    if config.baseline != "auto":
+        candidates = [Path(config.baseline)]
+    else:
+        candidates = sorted(reports_dir.glob("*/report.json"), reverse=True)
+    for path in candidates:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            if config.baseline != "auto":
+                raise ConfigurationError(f"--baseline {path}: not a readable report.json") from None
+            continue
+        if data.get("verdict") != Verdict.GO.value or data.get("profile") != config.profile:
+            continue
+        values = {
+            item["objective"]["name"]: item["value"]
+            for item in data.get("objectives", [])
+            if item.get("value") is not None
+        }
+        return values, str(path)
+    return {}, None
+
+
+class GateRun:
+    def __init__(self, config: GateConfig, *, progress: Progress = print_progress) -> None:
+        self.config = config
+        self.progress = progress
+        self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{config.profile}"
+        self.out_dir = config.reports_dir / self.run_id
+
+    def run(self) -> int:
+        try:
+            slo = load_slo_file(self.config.slo_file)
+        except HarnessError as error:
+            self.progress(f"broken run: {error}")
+            return EXIT_BROKEN
+        except ValueError as error:  # SloFileError
+            self.progress(f"broken run: {error}")
+            return EXIT_BROKEN
+        try:
+            result = self._run(slo)
+        except HarnessError as error:
+            self.progress(f"broken run: {error}")
+            return EXIT_BROKEN
+        paths = write_reports(result, self.out_dir)
+        self._say_summary(result, paths)
+        return EXIT_GO if result.verdict is Verdict.GO else EXIT_NO_GO
+
+    def _stack(self, resources: ExitStack) -> Stack:
+        from harness.providers import get_provider
+
+        provider = get_provider(self.config.provider)
+        if self.config.provider == "external":
+            return resources.enter_context(provider(self.config.stack_json))
+        from harness.providers.local import LocalStackConfig
+
+        env = (
+            # tokens that expire during the run, so refreshes are part of the load
+            ("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"),
+            *self.config.service_env,
+        )
+        return resources.enter_context(provider(LocalStackConfig(service_env=env)))
+
+    def _run(self, slo: SloFile) -> GateResult:
+        timings: dict[str, float] = {}
+        notes: list[str] = []
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.progress(f"run {self.run_id}: reports in {self.out_dir}")
+        with ExitStack() as resources:
+            started = time.monotonic()
+            stack = self._stack(resources)
+            timings["stack start"] = time.monotonic() - started
+            secrets_dir = Path(resources.enter_context(tempfile.TemporaryDirectory()))
+            stack_json = secrets_dir / "stack.json"
+            stack.write_json(stack_json)
+
+            suites: SuiteResults | None = None
+            if self.config.run_suites:
+                self.progress("running the suites (pytest, JUnit XML)")
+                started = time.monotonic()
+                suites = run_suites(
+                    stack_json,
+                    self.out_dir / "suites-junit.xml",
+                    extra_args=self.config.suite_args,
+                    timeout_s=1800,
+                )
+                timings["suites"] = time.monotonic() - started
+                self.progress(
+                    f"suites: {suites.count('passed')} passed, {suites.count('failed')} failed, "
+                    f"{suites.count('error')} errors, {suites.count('skipped')} skipped"
+                )
+
+            pids = stack_pids(stack)
+            idle = tree_rss_bytes(pids)
+            gateway = _gateway(stack)
+            reader = PrometheusReader(_prometheus(stack))
+            profile = PROFILES[self.config.profile].scaled(self.config.profile_scale)
+            self.progress(
+                f"load: profile {profile.name} ({profile.description}), about "
+                f"{profile.duration_s:.0f} s, {self.config.load_mode}, through {gateway}"
+            )
+            load = LoadRunConfig(
+                profile=self.config.profile,
+                host=gateway,
+                stack_json=stack_json,
+                out_dir=self.out_dir / "load",
+                profile_scale=self.config.profile_scale,
+                processes=self.config.processes,
+                arrival_rate=self.config.arrival_rate,
+            )
+            started = time.monotonic()
+            with PeakMemory(pids) as peak:
+                client = run_load(
+                    load, progress=self.progress, timeout_s=profile.duration_s * 2 + 300
+                )
+            timings["load"] = time.monotonic() - started
+            window = (client.started_at, client.ended_at)
+            self._wait_for_last_scrape(reader, window[1])
+
+            baseline, baseline_from = find_baseline(self.config, self.config.reports_dir)
+            values, queries = self._objective_values(slo, reader, client, window, notes)
+            results = evaluate(slo, values, baseline)
+            series = self._series(reader, client, window, notes)
+            try:
+                targets = reader.targets()
+            except Exception as error:  # reported, not fatal: the SLOs already came back
+                notes.append(f"could not read the Prometheus targets: {error}")
+                targets = None
+            memory = {"idle": megabytes(idle), "peak": megabytes(peak.peak)}
+            if not pids:
+                notes.append("memory not measured: the provider did not start the processes")
+
+        return GateResult(
+            run_id=self.run_id,
+            profile=self.config.profile,
+            provider=self.config.provider,
+            load_mode=self.config.load_mode,
+            verdict=verdict(results) if (suites is None or suites.ok) else Verdict.NO_GO,
+            window=window,
+            objectives=tuple(results),
+            queries=queries,
+            cross_checks=tuple(cross_check(results, client)),
+            acceptance=tuple(assess(CRITERIA, suites, results)),
+            suites=suites,
+            client=client,
+            memory_mb=memory,
+            series=series,
+            targets=targets,
+            notes=tuple(notes)
+            + (("the suites failed: the verdict is no-go",) if suites and not suites.ok else ()),
+            timings_s=timings,
+            baseline_from=baseline_from,
+        )
+
+    def _wait_for_last_scrape(self, reader: PrometheusReader, end: float) -> None:
+        """Wait until Prometheus has scraped past the end of the window."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                newest = reader.instant("max(timestamp(up))", time.time())
+            except QueryError:
+                newest = None
+            if newest is not None and newest >= end:
+                return
+            time.sleep(0.5)
+        self.progress("warning: Prometheus did not scrape past the load window within 30 s")
+
+    def _objective_values(
+        self,
+        slo: SloFile,
+        reader: PrometheusReader,
+        client: ClientFigures,
+        window: tuple[float, float],
+        notes: list[str],
+    ) -> tuple[dict[str, float | None], dict[str, str]]:
+        values: dict[str, float | None] = {}
+        queries: dict[str, str] = {}
+        seconds = max(1, round(window[1] - window[0]))
+        for objective in slo.objectives:
+            if objective.source == "locust":
+                queries[objective.name] = f"load generator: {objective.query}"
+                values[objective.name] = client.figure(objective.query)
+                continue
+            queries[objective.name] = render_query(objective, seconds)
+            try:
+                values[objective.name] = reader.objective_value(objective, *window)
+            except QueryError as error:
+                notes.append(f"{objective.name}: {error}")
+                values[objective.name] = None
+        return values, queries
+
+    def _series(
+        self,
+        reader: PrometheusReader,
+        client: ClientFigures,
+        window: tuple[float, float],
+        notes: list[str],
+    ) -> dict[str, list[tuple[float, float]]]:
+        series: dict[str, list[tuple[float, float]]] = {}
+        step = max(1, round((window[1] - window[0]) / 150))
+        for name, query in SERIES_QUERIES.items():
+            try:
+                series[name] = reader.series(query, window[0], window[1], step)
+            except QueryError as error:
+                notes.append(f"plot {name}: {error}")
+        series["latency p95 (client)"] = [
+            (float(p.timestamp), p.p95_ms) for p in client.history if p.p95_ms is not None
+        ]
+        series["users"] = [(float(p.timestamp), float(p.users)) for p in client.history]
+        return series
+
+    def _say_summary(self, result: GateResult, paths: dict[str, Path]) -> None:
+        self.progress(f"verdict: {result.verdict.value.upper()}")
+        for r in result.objectives:
+            self.progress(
+                f"  {r.status.value:8} {r.objective.name:14} {format_value(r):>12}  "
+                f"({r.objective.comparator} {format_value(r, r.objective.threshold)})"
+            )
+        self.progress(f"report: {paths['html']}")

@@ -1,0 +1,232 @@
+"""Run a Locust profile headless as a child process and read its figures back.
+
+Locust runs in its own process (it monkey-patches the standard library with
+gevent, which the harness must not inherit). Its CSV output is the client's
+view of the run: per endpoint and aggregated counts and percentiles, and the
+history over time. Progress lines are printed while it runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.exceptions import LoadRunError
+
+LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LoadRunConfig:
+    profile: str
+    host: str
+    stack_json: Path
+    out_dir: Path
+    profile_scale: float = 1.0
+    processes: int = 1
+    arrival_rate: float = 0.0
+    locustfile: Path = LOCUSTFILE
+
+    def command(self) -> list[str]:
+        command = [
+            sys.executable, "-m", "locust",
+            "-f", str(self.locustfile),
+            "--headless", "--only-summary",
+            "--host", self.host,
+            "--stack-json", str(self.stack_json),
+            "--profile", self.profile,
+            "--profile-scale", str(self.profile_scale),
+            "--csv", str(self.out_dir / "locust"),
+            "--csv-full-history",
+            "--exit-code-on-error", "0",
+        ]  # fmt: skip
+        if self.arrival_rate > 0:
+            command += ["--arrival-rate", str(self.arrival_rate)]
+        if self.processes > 1:
+            command += ["--processes", str(self.processes)]
+        return command
+
+
+@dataclass(frozen=True)
+class EndpointFigures:
+    method: str
+    name: str
+    requests: int
+    failures: int
+    median_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    requests_per_second: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.name}".strip()
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    timestamp: int
+    users: int
+    requests_per_second: float
+    failures_per_second: float
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class ClientFigures:
+    """What the load generator saw, for the window [started_at, ended_at]."""
+
+    started_at: float
+    ended_at: float
+    aggregated: EndpointFigures
+    endpoints: tuple[EndpointFigures, ...]
+    history: tuple[HistoryPoint, ...] = field(default=())
+
+    @property
+    def users_peak(self) -> int:
+        return max((p.users for p in self.history), default=0)
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended_at - self.started_at
+
+    def figure(self, name: str) -> float | None:
+        """A named figure for SLO objectives of ``source: locust``."""
+        figures = {
+            "users_peak": float(self.users_peak),
+            "requests_per_second": self.aggregated.requests_per_second,
+            "p95_ms": self.aggregated.p95_ms,
+            "failure_ratio": (
+                self.aggregated.failures / self.aggregated.requests
+                if self.aggregated.requests
+                else None
+            ),
+        }
+        return figures.get(name)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # Locust writes N/A before the first answer
+        return None
+
+
+def _endpoint(row: dict[str, str]) -> EndpointFigures:
+    return EndpointFigures(
+        method=row["Type"],
+        name=row["Name"],
+        requests=int(row["Request Count"]),
+        failures=int(row["Failure Count"]),
+        median_ms=_number(row["50%"]),
+        p95_ms=_number(row["95%"]),
+        p99_ms=_number(row["99%"]),
+        requests_per_second=float(row["Requests/s"]),
+    )
+
+
+def read_locust_csv(prefix: Path, *, started_at: float, ended_at: float) -> ClientFigures:
+    """Parse ``<prefix>_stats.csv`` and ``<prefix>_stats_history.csv``."""
+    stats_path = Path(f"{prefix}_stats.csv")
+    with stats_path.open(newline="") as handle:
+        rows = [_endpoint(row) for row in csv.DictReader(handle)]
+    aggregated = [r for r in rows if r.name == "Aggregated"]
+    if not aggregated:
+        raise ValueError(f"{stats_path}: no Aggregated row; did the load run at all?")
+    history: list[HistoryPoint] = []
+    history_path = Path(f"{prefix}_stats_history.csv")
+    if history_path.exists():
+        with history_path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row["Name"] != "Aggregated":
+                    continue
+                history.append(
+                    HistoryPoint(
+                        timestamp=int(row["Timestamp"]),
+                        users=int(row["User Count"]),
+                        requests_per_second=float(row["Requests/s"]),
+                        failures_per_second=float(row["Failures/s"]),
+                        p50_ms=_number(row["50%"]),
+                        p95_ms=_number(row["95%"]),
+                    )
+                )
+    return ClientFigures(
+        started_at=started_at,
+        ended_at=ended_at,
+        aggregated=aggregated[0],
+        endpoints=tuple(r for r in rows if r.name != "Aggregated"),
+        history=tuple(history),
+    )
+
+
+def _latest_progress(prefix: Path) -> str | None:
+    path = Path(f"{prefix}_stats_history.csv")
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[1:]):
+        row = next(csv.DictReader([lines[0], line]))
+        if row["Name"] == "Aggregated":
+            return (
+                f"users {row['User Count']:>5}  {float(row['Requests/s']):7.1f} req/s  "
+                f"p95 {row['95%']:>5} ms  failures {float(row['Failures/s']):.1f}/s"
+            )
+    return None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_load(
+    config: LoadRunConfig, *, progress: Progress, every_s: float = 5.0, timeout_s: float
+) -> ClientFigures:
+    """Run the profile; print progress every ``every_s``; return the client figures."""
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.out_dir / "locust.log"
+    prefix = config.out_dir / "locust"
+    command = config.command()
+    started = time.time()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    process.wait(timeout=every_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    elapsed = time.time() - started
+                    if elapsed > timeout_s:
+                        process.terminate()
+                        process.wait(timeout=30)
+                        raise LoadRunError(
+                            f"it did not finish within {timeout_s:.0f} s",
+                            command=command,
+                            log_tail=_tail(log_path),
+                        ) from None
+                    line = _latest_progress(prefix)
+                    if line:
+                        progress(f"load {config.profile} {elapsed:5.0f}s  {line}")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    ended = time.time()
+    if process.returncode != 0:
+        raise LoadRunError(
+            f"locust exited with code {process.returncode} (log: {log_path})",
+            command=command,
+            log_tail=_tail(log_path),
+        )
+    return read_locust_csv(prefix, started_at=started, ended_at=ended)

@@ -1,0 +1,91 @@
+"""Accounts for load runs: many clinics with users, inserted straight into
+PostgreSQL as the owner (one bcrypt hash shared by all, computed once), so a
+1000-user run does not spend minutes hashing passwords through the API.
+
+Every clinic is created under its own tenant context, exactly as the
+services do; RLS applies to the owner too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LOAD_PASSWORD_BYTES = 18
+ROLE_MIX = ("manager", "staff", "staff", "staff", "staff")  # one manager per four staff
+
+
+@dataclass(frozen=True)
+class LoadAccount:
+    clinic_id: str
+    user_id: str
+    email: str
+    password: str
+    role: str
+
+
+def seed_load_accounts(
+    owner_dsn: str, *, accounts: int, users_per_clinic: int = 10, bcrypt_rounds: int = 10
+) -> list[LoadAccount]:
+    """Create ``accounts`` users spread over clinics of ``users_per_clinic`` each."""
+    import bcrypt
+    import psycopg
+
+    if accounts < 1 or users_per_clinic < 1:
+        raise ValueError("accounts and users_per_clinic must be at least 1")
+    password = secrets.token_urlsafe(LOAD_PASSWORD_BYTES)
+    password_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt(bcrypt_rounds)).decode()
+    run = uuid.uuid4().hex[:8]
+    made: list[LoadAccount] = []
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        clinic_number = 0
+        while len(made) < accounts:
+            clinic_id = uuid.uuid4()
+            clinic_number += 1
+            size = min(users_per_clinic, accounts - len(made))
+            with conn.transaction():
+                conn.execute("SELECT atendeai.set_request_context(%s)", [clinic_id])
+                conn.execute(
+                    "INSERT INTO atendeai.clinics (id, name, specialty, address_city)"
+                    " VALUES (%s, %s, 'general practice', 'São Paulo')",
+                    [clinic_id, f"Load clinic {run}-{clinic_number}"],
+                )
+                rows = [
+                    (
+                        clinic_id,
+                        f"Load user {run}-{clinic_number}-{i}",
+                        f"load-{run}-{clinic_number}-{i}@load.example",
+                        password_hash,
+                        ROLE_MIX[i % len(ROLE_MIX)],
+                    )
+                    for i in range(size)
+                ]
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO atendeai.users (clinic_id, name, email, password_hash, role)"
+                        " VALUES (%s, %s, %s, %s, %s) RETURNING id, email, role",
+                        rows,
+                        returning=True,
+                    )
+                    while True:
+                        user_id, email, role = cursor.fetchone()
+                        account = LoadAccount(str(clinic_id), str(user_id), email, password, role)
+                        made.append(account)
+                        if not cursor.nextset():
+                            break
+    return made
+
+
+def write_accounts(accounts: list[LoadAccount], path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([asdict(a) for a in accounts]))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def read_accounts(path: Path) -> list[LoadAccount]:
+    return [LoadAccount(**item) for item in json.loads(Path(path).read_text())]

@@ -1,0 +1,329 @@
+"""AtendeAI load: clinic staff, managers, token refreshes and health probes.
+
+    atendeai up --json stack.json                       # the stack, in another shell
+    locust -f loadtests/locustfile.py --stack-json stack.json --host GATEWAY_URL
+    locust -f loadtests/locustfile.py --stack-json stack.json --host GATEWAY_URL \\
+        --headless --profile smoke                     # no web UI
+    locust -f loadtests/locustfile.py ... --processes 2  # one worker per core
+
+Every simulated person has an account of its own (seeded straight into
+PostgreSQL through the stack's owner DSN when the test starts) and a client
+address of its own (``X-Forwarded-For``), as real clinics would. Requests are
+named by route template so statistics group per endpoint.
+
+``--arrival-rate R`` switches to an open model: requests start at R per
+second whatever the answers' speed, so a slow server cannot hide by slowing
+the load (coordinated omission). Otherwise users wait 1-3 s between tasks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import random
+import threading
+import time
+
+import gevent
+from locust import FastHttpUser, LoadTestShape, between, events, task
+from locust.exception import StopUser
+
+from harness.loadseed import LoadAccount, seed_load_accounts
+from harness.stack import Stack
+from loadtests.profiles import PROFILES
+
+CLIENT_NETWORK = ipaddress.ip_network("198.18.0.0/15")
+PROBE_ROUTES = ("/health", "/status")
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser) -> None:
+    parser.add_argument(
+        "--stack-json",
+        env_var="ATENDEAI_STACK_JSON",
+        default="",
+        help="the stack description written by `atendeai up --json` (seeds accounts from it)",
+    )
+    parser.add_argument(
+        "--profile",
+        env_var="ATENDEAI_PROFILE",
+        default="",
+        choices=["", *PROFILES],
+        help="a named load shape (smoke, sla, spike, soak, capacity); empty = the web UI's numbers",
+    )
+    parser.add_argument(
+        "--profile-scale",
+        env_var="ATENDEAI_PROFILE_SCALE",
+        type=float,
+        default=1.0,
+        help="multiply every duration of the profile (0.1 = a ten times shorter rehearsal)",
+    )
+    parser.add_argument(
+        "--accounts",
+        env_var="ATENDEAI_LOAD_ACCOUNTS",
+        type=int,
+        default=0,
+        help="accounts to seed per load process (default: the profile's peak users, min 50)",
+    )
+    parser.add_argument(
+        "--arrival-rate",
+        env_var="ATENDEAI_ARRIVAL_RATE",
+        type=float,
+        default=0.0,
+        help="open model: requests started per second regardless of answers (0 = closed model)",
+    )
+
+
+class AccountPool:
+    """The accounts of this load process, handed out round-robin, seeded once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._accounts: list[LoadAccount] = []
+        self._cycle: itertools.cycle | None = None
+        self._addresses = itertools.count(random.randrange(CLIENT_NETWORK.num_addresses - 2))
+
+    def ensure(self, environment) -> None:
+        with self._lock:
+            if self._accounts:
+                return
+            options = environment.parsed_options
+            if not options.stack_json:
+                raise SystemExit(
+                    "atendeai load: --stack-json is required "
+                    "(write it with `atendeai up --json FILE`)"
+                )
+            stack = Stack.read_json(options.stack_json)
+            wanted = options.accounts or max(50, _peak_users(options))
+            self._accounts = seed_load_accounts(stack.postgres.owner_dsn, accounts=wanted)
+            self._cycle = itertools.cycle(self._accounts)
+
+    def take(self, role: str | None = None) -> LoadAccount:
+        assert self._cycle is not None, "accounts are seeded when the test starts"
+        with self._lock:
+            for _ in range(len(self._accounts)):
+                account = next(self._cycle)
+                if role is None or account.role == role:
+                    return account
+        raise StopUser(f"no {role} account seeded")
+
+    def client_ip(self) -> str:
+        offset = 1 + next(self._addresses) % (CLIENT_NETWORK.num_addresses - 2)
+        return str(CLIENT_NETWORK.network_address + offset)
+
+
+ACCOUNTS = AccountPool()
+
+
+def _peak_users(options) -> int:
+    profile = PROFILES.get(options.profile or "")
+    if profile is None:
+        return getattr(options, "num_users", None) or 50
+    if profile.step_users:
+        return profile.max_users
+    return max(stage.users for stage in profile.stages)
+
+
+@events.test_start.add_listener
+def _seed_accounts(environment, **_kwargs) -> None:
+    if environment.parsed_options is not None and not _is_master(environment):
+        ACCOUNTS.ensure(environment)
+
+
+@events.init.add_listener
+def _choose_model(environment, **_kwargs) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return
+    if not options.profile:
+        environment.shape_class = None  # the web UI's (or --users) numbers apply
+    if options.arrival_rate > 0:
+        environment.user_classes = [OpenArrivalUser]
+    else:
+        environment.user_classes = [c for c in environment.user_classes if c is not OpenArrivalUser]
+
+
+def _is_master(environment) -> bool:
+    from locust.runners import MasterRunner
+
+    return isinstance(environment.runner, MasterRunner)
+
+
+class SignedInUser(FastHttpUser):
+    """A person with an account: signs in once, refreshes the token as it expires."""
+
+    abstract = True
+    role: str | None = None
+
+    def on_start(self) -> None:
+        self.account = ACCOUNTS.take(self.role)
+        self.client_ip = ACCOUNTS.client_ip()
+        self.sign_in()
+
+    def sign_in(self) -> None:
+        with self.client.post(
+            "/auth/login",
+            json={"email": self.account.email, "password": self.account.password},
+            headers={"X-Forwarded-For": self.client_ip},
+            name="/auth/login",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"login answered {response.status_code}")
+                raise StopUser()
+            self._keep(response.json())
+
+    def _keep(self, pair: dict) -> None:
+        self.access_token = pair["access_token"]
+        self.refresh_token = pair["refresh_token"]
+        # refresh at 80 % of the access token's life, as a browser client would
+        self.refresh_at = time.monotonic() + 0.8 * pair["expires_in"]
+
+    def headers(self) -> dict[str, str]:
+        if time.monotonic() >= self.refresh_at:
+            self.refresh()
+        return {"Authorization": f"Bearer {self.access_token}", "X-Forwarded-For": self.client_ip}
+
+    def refresh(self) -> None:
+        with self.client.post(
+            "/auth/refresh",
+            json={"refresh_token": self.refresh_token},
+            headers={"X-Forwarded-For": self.client_ip},
+            name="/auth/refresh",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 200:
+                self._keep(response.json())
+            else:
+                response.failure(f"refresh answered {response.status_code}")
+                self.sign_in()
+
+
+class ClinicStaff(SignedInUser):
+    """Reception and clinical staff: look at their clinic and themselves all day."""
+
+    weight = 8
+    role = "staff"
+    wait_time = between(1, 3)
+
+    @task(6)
+    def my_clinic(self) -> None:
+        self.client.get("/clinics/me", headers=self.headers(), name="/clinics/me")
+
+    @task(2)
+    def clinic_by_id(self) -> None:
+        path = f"/clinics/{self.account.clinic_id}"
+        self.client.get(path, headers=self.headers(), name="/clinics/{clinic_id}")
+
+    @task(3)
+    def me(self) -> None:
+        self.client.get("/auth/me", headers=self.headers(), name="/auth/me")
+
+
+class ClinicManager(SignedInUser):
+    """Managers browse the team, now and then add someone or edit a name."""
+
+    weight = 2
+    role = "manager"
+    wait_time = between(1, 3)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.created: list[str] = []
+
+    @task(5)
+    def team(self) -> None:
+        self.client.get("/users?limit=20", headers=self.headers(), name="/users")
+
+    @task(3)
+    def colleague(self) -> None:
+        self.client.get(
+            f"/users/{self.account.user_id}", headers=self.headers(), name="/users/{user_id}"
+        )
+
+    @task(2)
+    def my_clinic(self) -> None:
+        self.client.get("/clinics/me", headers=self.headers(), name="/clinics/me")
+
+    @task(1)
+    def add_staff(self) -> None:
+        tag = random.getrandbits(64)
+        with self.client.post(
+            "/users",
+            json={
+                "name": f"New staff {tag:x}",
+                "email": f"staff-{tag:x}@load.example",
+                "password": f"load-pass-{tag:x}",
+                "role": "staff",
+            },
+            headers=self.headers(),
+            name="/users",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 201:
+                self.created.append(response.json()["id"])
+            else:
+                response.failure(f"create answered {response.status_code}")
+
+    @task(1)
+    def rename_staff(self) -> None:
+        if not self.created:
+            return
+        self.client.patch(
+            f"/users/{random.choice(self.created)}",
+            json={"name": f"Renamed {random.getrandbits(32):x}"},
+            headers=self.headers(),
+            name="/users/{user_id}",
+        )
+
+
+class HealthProbe(FastHttpUser):
+    """An uptime checker: the platform status now and then."""
+
+    weight = 1
+    fixed_count = 1
+    wait_time = between(5, 10)
+
+    @task
+    def status(self) -> None:
+        self.client.get("/status", name="/status")
+
+
+class OpenArrivalUser(SignedInUser):
+    """Open model: each of these starts requests on a fixed schedule and never
+    waits for an answer before starting the next (see --arrival-rate)."""
+
+    role = "staff"
+    wait_time = between(0, 0)  # the schedule below is the only pacing
+    max_in_flight = 200
+
+    @task
+    def schedule(self) -> None:
+        options = self.environment.parsed_options
+        users = max(1, self.environment.runner.user_count)
+        interval = users / options.arrival_rate
+        next_start = time.monotonic()
+        in_flight = gevent.pool.Pool(self.max_in_flight)
+        while True:
+            next_start += interval
+            in_flight.spawn(self._one_request)
+            delay = next_start - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+
+    def _one_request(self) -> None:
+        if random.random() < 0.7:
+            self.client.get("/clinics/me", headers=self.headers(), name="/clinics/me")
+        else:
+            self.client.get("/auth/me", headers=self.headers(), name="/auth/me")
+
+
+class ProfileShape(LoadTestShape):
+    """Runs ``--profile``; without one, the web UI's own user count applies."""
+
+    def tick(self) -> tuple[int, float] | None:
+        options = self.runner.environment.parsed_options
+        if options is None or not options.profile:
+            return None
+        profile = PROFILES[options.profile].scaled(options.profile_scale)
+        return profile.target(self.get_run_time())
