@@ -157,3 +157,17 @@ def test_malformed_files_name_the_line_and_field(text, expected):
 def test_unreadable_file_is_named(tmp_path):
     with pytest.raises(SloFileError, match="cannot read the file"):
         load_slo_file(tmp_path / "missing.yaml")
+
+
+def test_objectives_can_be_limited_to_profiles():
+    slo = parse_slo_text(
+        "version: 1\nobjectives:\n"
+        "  - {name: users, query: users_peak, source: locust, comparator: '>=', threshold: 1000,"
+        " profiles: [sla]}\n"
+        "  - {name: p95, query: 'q[$window]', comparator: '<', threshold: 0.2}\n"
+    )
+    assert [r.objective.name for r in evaluate(slo, {"p95": 0.1}, profile="smoke")] == ["p95"]
+    assert [r.objective.name for r in evaluate(slo, {"p95": 0.1}, profile="sla")] == [
+        "users",
+        "p95",
+    ]

@@ -31,6 +31,7 @@ class LoadRunConfig:
     profile_scale: float = 1.0
     processes: int = 1
     arrival_rate: float = 0.0
+    target_users: int = 0  # the profile's peak, for the users_target_ratio figure
     locustfile: Path = LOCUSTFILE
 
     def command(self) -> list[str]:
@@ -40,8 +41,8 @@ class LoadRunConfig:
             "--headless", "--only-summary",
             "--host", self.host,
             "--stack-json", str(self.stack_json),
-            "--profile", self.profile,
-            "--profile-scale", str(self.profile_scale),
+            "--load-profile", self.profile,
+            "--load-profile-scale", str(self.profile_scale),
             "--csv", str(self.out_dir / "locust"),
             "--csv-full-history",
             "--exit-code-on-error", "0",
@@ -88,6 +89,7 @@ class ClientFigures:
     aggregated: EndpointFigures
     endpoints: tuple[EndpointFigures, ...]
     history: tuple[HistoryPoint, ...] = field(default=())
+    target_users: int = 0  # the profile's peak, when known
 
     @property
     def users_peak(self) -> int:
@@ -103,6 +105,9 @@ class ClientFigures:
             "users_peak": float(self.users_peak),
             "requests_per_second": self.aggregated.requests_per_second,
             "p95_ms": self.aggregated.p95_ms,
+            "users_target_ratio": (
+                self.users_peak / self.target_users if self.target_users else None
+            ),
             "failure_ratio": (
                 self.aggregated.failures / self.aggregated.requests
                 if self.aggregated.requests
@@ -132,7 +137,9 @@ def _endpoint(row: dict[str, str]) -> EndpointFigures:
     )
 
 
-def read_locust_csv(prefix: Path, *, started_at: float, ended_at: float) -> ClientFigures:
+def read_locust_csv(
+    prefix: Path, *, started_at: float, ended_at: float, target_users: int = 0
+) -> ClientFigures:
     """Parse ``<prefix>_stats.csv`` and ``<prefix>_stats_history.csv``."""
     stats_path = Path(f"{prefix}_stats.csv")
     with stats_path.open(newline="") as handle:
@@ -163,6 +170,7 @@ def read_locust_csv(prefix: Path, *, started_at: float, ended_at: float) -> Clie
         aggregated=aggregated[0],
         endpoints=tuple(r for r in rows if r.name != "Aggregated"),
         history=tuple(history),
+        target_users=target_users,
     )
 
 
@@ -229,4 +237,6 @@ def run_load(
             command=command,
             log_tail=_tail(log_path),
         )
-    return read_locust_csv(prefix, started_at=started, ended_at=ended)
+    return read_locust_csv(
+        prefix, started_at=started, ended_at=ended, target_users=config.target_users
+    )

@@ -66,6 +66,11 @@ class Objective(BaseModel):
     warning: float | None = None
     max_regression: Annotated[float, Field(gt=0, le=10)] | None = None
     required: bool = True
+    # the load profiles it applies to (None: every profile)
+    profiles: tuple[str, ...] | None = None
+
+    def applies_to(self, profile: str | None) -> bool:
+        return self.profiles is None or profile is None or profile in self.profiles
 
     @property
     def lower_is_better(self) -> bool:
@@ -258,10 +263,15 @@ def evaluate(
     slo: SloFile,
     values: Mapping[str, float | None],
     baselines: Mapping[str, float] | None = None,
+    *,
+    profile: str | None = None,
 ) -> list[ObjectiveResult]:
+    """Results for the objectives that apply to ``profile`` (all when None)."""
     baselines = baselines or {}
     return [
-        evaluate_objective(o, values.get(o.name), baselines.get(o.name)) for o in slo.objectives
+        evaluate_objective(o, values.get(o.name), baselines.get(o.name))
+        for o in slo.objectives
+        if o.applies_to(profile)
     ]
 
 

@@ -3,7 +3,7 @@
     atendeai up --json stack.json                       # the stack, in another shell
     locust -f loadtests/locustfile.py --stack-json stack.json --host GATEWAY_URL
     locust -f loadtests/locustfile.py --stack-json stack.json --host GATEWAY_URL \\
-        --headless --profile smoke                     # no web UI
+        --headless --load-profile smoke                     # no web UI
     locust -f loadtests/locustfile.py ... --processes 2  # one worker per core
 
 Every simulated person has an account of its own (seeded straight into
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import logging
 import random
 import threading
 import time
@@ -45,15 +46,15 @@ def _add_options(parser) -> None:
         help="the stack description written by `atendeai up --json` (seeds accounts from it)",
     )
     parser.add_argument(
-        "--profile",
-        env_var="ATENDEAI_PROFILE",
+        "--load-profile",
+        env_var="ATENDEAI_LOAD_PROFILE",
         default="",
         choices=["", *PROFILES],
         help="a named load shape (smoke, sla, spike, soak, capacity); empty = the web UI's numbers",
     )
     parser.add_argument(
-        "--profile-scale",
-        env_var="ATENDEAI_PROFILE_SCALE",
+        "--load-profile-scale",
+        env_var="ATENDEAI_LOAD_PROFILE_SCALE",
         type=float,
         default=1.0,
         help="multiply every duration of the profile (0.1 = a ten times shorter rehearsal)",
@@ -116,12 +117,10 @@ ACCOUNTS = AccountPool()
 
 
 def _peak_users(options) -> int:
-    profile = PROFILES.get(options.profile or "")
+    profile = PROFILES.get(options.load_profile or "")
     if profile is None:
         return getattr(options, "num_users", None) or 50
-    if profile.step_users:
-        return profile.max_users
-    return max(stage.users for stage in profile.stages)
+    return profile.peak_users
 
 
 @events.test_start.add_listener
@@ -135,7 +134,7 @@ def _choose_model(environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is None:
         return
-    if not options.profile:
+    if not options.load_profile:
         environment.shape_class = None  # the web UI's (or --users) numbers apply
     if options.arrival_rate > 0:
         environment.user_classes = [OpenArrivalUser]
@@ -319,11 +318,44 @@ class OpenArrivalUser(SignedInUser):
 
 
 class ProfileShape(LoadTestShape):
-    """Runs ``--profile``; without one, the web UI's own user count applies."""
+    """Runs ``--load-profile``; without one, the web UI's own user count applies.
+
+    For ``capacity`` it checks, at the end of every step, the p95 of the last
+    seconds (Locust's current window) against the objective, stops at the
+    first step that breaks it, and logs the last step that held.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step_seen = 0
+        self.held: list[tuple[int, float]] = []
 
     def tick(self) -> tuple[int, float] | None:
         options = self.runner.environment.parsed_options
-        if options is None or not options.profile:
+        if options is None or not options.load_profile:
             return None
-        profile = PROFILES[options.profile].scaled(options.profile_scale)
-        return profile.target(self.get_run_time())
+        profile = PROFILES[options.load_profile].scaled(options.load_profile_scale)
+        run_time = self.get_run_time()
+        target = profile.target(run_time)
+        if profile.step_users and target is not None:
+            step = int(run_time // profile.step_s)
+            if step > self.step_seen:  # the previous step just ended: did it hold?
+                self.step_seen = step
+                users = step * profile.step_users
+                p95 = self.runner.stats.total.get_current_response_time_percentile(0.95) or 0.0
+                if p95 >= profile.p95_limit_ms:
+                    self._report(profile, users, p95, broke=True)
+                    return None
+                self.held.append((users, p95))
+        elif profile.step_users and target is None:
+            self._report(profile, None, None, broke=False)
+        return target
+
+    def _report(self, profile, users, p95, *, broke: bool) -> None:
+        last = self.held[-1] if self.held else None
+        if broke:
+            line = f"capacity: {users} users broke p95 {profile.p95_limit_ms:g} ms ({p95:.0f} ms)"
+        else:
+            line = f"capacity: every step up to {profile.max_users} users held"
+        held = f"; last step that held: {last[0]} users at p95 {last[1]:.0f} ms" if last else ""
+        logging.getLogger("atendeai.capacity").warning(line + held)

@@ -29,6 +29,12 @@ class Profile:
     p95_limit_ms: float = 200.0
 
     @property
+    def peak_users(self) -> int:
+        if self.step_users:
+            return self.max_users
+        return max(stage.users for stage in self.stages)
+
+    @property
     def duration_s(self) -> float:
         if self.step_users:
             return self.step_s * (self.max_users // self.step_users)

@@ -93,17 +93,15 @@ class GateConfig:
 
 
 def _gateway(stack: Stack) -> str:
-    url = getattr(stack, "gateway_url", None) or stack.extra.get("gateway_url")
-    if not url:
-        raise ConfigurationError("this stack has no gateway URL (HAProxy) to send load through")
-    return url
+    if not stack.haproxy_url:
+        raise ConfigurationError("this stack has no HAProxy URL to send the load through")
+    return stack.haproxy_url
 
 
 def _prometheus(stack: Stack) -> str:
-    url = getattr(stack, "prometheus_url", None) or stack.extra.get("prometheus_url")
-    if not url:
+    if not stack.prometheus_url:
         raise ConfigurationError("this stack has no Prometheus URL to read the SLOs from")
-    return url
+    return stack.prometheus_url
 
 
 def find_baseline(config: GateConfig, reports_dir: Path) -> tuple[dict[str, float], str | None]:
@@ -219,6 +217,7 @@ class GateRun:
                 profile_scale=self.config.profile_scale,
                 processes=self.config.processes,
                 arrival_rate=self.config.arrival_rate,
+                target_users=profile.peak_users,
             )
             started = time.monotonic()
             with PeakMemory(pids) as peak:
@@ -231,7 +230,12 @@ class GateRun:
 
             baseline, baseline_from = find_baseline(self.config, self.config.reports_dir)
             values, queries = self._objective_values(slo, reader, client, window, notes)
-            results = evaluate(slo, values, baseline)
+            results = evaluate(slo, values, baseline, profile=self.config.profile)
+            notes.extend(
+                f"objective {o.name} does not apply to the {self.config.profile} profile"
+                for o in slo.objectives
+                if not o.applies_to(self.config.profile)
+            )
             series = self._series(reader, client, window, notes)
             try:
                 targets = reader.targets()
@@ -289,6 +293,8 @@ class GateRun:
         queries: dict[str, str] = {}
         seconds = max(1, round(window[1] - window[0]))
         for objective in slo.objectives:
+            if not objective.applies_to(self.config.profile):
+                continue
             if objective.source == "locust":
                 queries[objective.name] = f"load generator: {objective.query}"
                 values[objective.name] = client.figure(objective.query)
