@@ -7,6 +7,7 @@ load generator failed): a broken run never pretends to be a verdict.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -150,6 +151,8 @@ class GateRun:
         try:
             result = self._run(slo)
         except HarnessError as error:
+            # no half-written report: the error itself carries the evidence (log tails)
+            shutil.rmtree(self.out_dir, ignore_errors=True)
             self.progress(f"broken run: {error}")
             return EXIT_BROKEN
         paths = write_reports(result, self.out_dir)

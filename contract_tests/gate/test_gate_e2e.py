@@ -1,0 +1,170 @@
+"""The release gate end to end: a real stack, a real (short) load, SLOs read
+back from Prometheus, the four reports and the exit codes; and proof that it
+says no on exactly the objectives that broke, and warns without failing.
+
+Each run starts its own local stack (not the session's), so these tests need
+no ``stack`` fixture; they cost about half a minute each.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.gate.runner import EXIT_BROKEN, EXIT_GO, EXIT_NO_GO, GateConfig, GateRun
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Route-level objectives whose outcome the tests can force with fault injection.
+
+
+def _buckets(route: str) -> str:
+    metric = "http_server_request_duration_seconds_bucket"
+    return f'sum by (le) (rate({metric}{{route="{route}"}}[$window]))'
+
+
+SLO_TEMPLATE = """\
+version: 1
+objectives:
+  - name: p95_clinic_me
+    query: >-
+      histogram_quantile(0.95,
+      BUCKETS_CLINIC)
+    comparator: "<"
+    threshold: {clinic_threshold}
+  - name: p95_auth_me
+    query: >-
+      histogram_quantile(0.95,
+      BUCKETS_AUTH)
+    comparator: "<"
+    threshold: 0.25
+  - name: error_ratio
+    query: >-
+      (sum(increase(http_server_request_duration_seconds_count{{status=~"5.."}}[$window]))
+      or vector(0))
+      / sum(increase(http_server_request_duration_seconds_count[$window]))
+    unit: ratio
+    comparator: "<"
+    threshold: 0.05
+  - name: profile_users_reached
+    source: locust
+    query: users_target_ratio
+    unit: ratio
+    comparator: ">="
+    threshold: 1.0
+    warning: {users_warning}
+"""
+
+
+def _slo(tmp_path: Path, *, clinic_threshold: float = 0.25, users_warning: float = 1.0) -> Path:
+    path = tmp_path / "slo.yaml"
+    text = SLO_TEMPLATE.format(clinic_threshold=clinic_threshold, users_warning=users_warning)
+    text = text.replace("BUCKETS_CLINIC", _buckets("/clinics/me"))
+    path.write_text(text.replace("BUCKETS_AUTH", _buckets("/auth/me")))
+    return path
+
+
+def _gate(tmp_path: Path, slo: Path, **config) -> tuple[int, dict, Path]:
+    reports = tmp_path / "reports"
+    run = GateRun(
+        GateConfig(
+            profile="smoke",
+            profile_scale=0.75,
+            slo_file=slo,
+            reports_dir=reports,
+            baseline="none",
+            **config,
+        ),
+        progress=lambda line: print(f"gate: {line}", file=sys.stderr),
+    )
+    code = run.run()
+    report = json.loads((run.out_dir / "report.json").read_text())
+    return code, report, run.out_dir
+
+
+def _statuses(report: dict) -> dict[str, str]:
+    return {item["objective"]["name"]: item["status"] for item in report["objectives"]}
+
+
+def test_smoke_gate_says_go_writes_every_report_and_warns_without_failing(tmp_path):
+    # users_target_ratio is 1.0 at best: a warning band starting at 1.0 is always breached
+    code, report, out = _gate(
+        tmp_path,
+        _slo(tmp_path, users_warning=1.0),
+        suite_args=("contract_tests/test_health_and_metrics.py",),
+    )
+    statuses = _statuses(report)
+    assert statuses == {
+        "p95_clinic_me": "pass",
+        "p95_auth_me": "pass",
+        "error_ratio": "pass",
+        "profile_users_reached": "warn",
+    }, report["notes"]
+    assert code == EXIT_GO and report["verdict"] == "go"
+    assert {p.name for p in out.iterdir()} >= {
+        "report.html", "report.json", "junit.xml", "summary.md", "suites-junit.xml", "load",
+    }  # fmt: skip
+    html = (out / "report.html").read_text()
+    assert "GO (1 warning)" in html and "<svg" in html and "/clinics/me" in html
+    junit = ET.parse(out / "junit.xml").getroot()
+    assert junit.find("testsuite[@name='slo']").get("failures") == "0"
+    assert report["suites"]["outcomes"] and all(
+        o["status"] == "passed" for o in report["suites"]["outcomes"]
+    )
+    assert report["client"]["aggregated"]["requests"] > 50
+    assert (
+        report["memory_mb"]["idle"] and report["memory_mb"]["peak"] >= report["memory_mb"]["idle"]
+    )
+    assert report["targets"][0] == report["targets"][1] > 0  # every Prometheus target up
+
+
+def test_gate_says_no_on_exactly_the_objectives_that_broke(tmp_path):
+    code, report, out = _gate(
+        tmp_path,
+        _slo(tmp_path),
+        run_suites=False,
+        service_env=(("ATENDEAI_FAULT_INJECTION", "GET /clinics/me delay_ms=400 error_ratio=0.5"),),
+    )
+    statuses = _statuses(report)
+    assert statuses["p95_clinic_me"] == "fail"  # slowed down on purpose
+    assert statuses["error_ratio"] == "fail"  # half of /clinics/me answers 500
+    assert statuses["p95_auth_me"] == "pass"  # untouched route still holds
+    assert code == EXIT_NO_GO and report["verdict"] == "no-go"
+    assert "NO-GO: p95_clinic_me, error_ratio broke" in (out / "summary.md").read_text()
+
+
+def test_a_bad_slo_file_is_a_broken_run_with_the_line_named(tmp_path, capsys):
+    slo = tmp_path / "slo.yaml"
+    slo.write_text("version: 1\nobjectives:\n  - name: p95\n    query: up\n    comparator: '=<'\n")
+    run = GateRun(GateConfig(profile="smoke", slo_file=slo, reports_dir=tmp_path / "reports"))
+    assert run.run() == EXIT_BROKEN
+    err = capsys.readouterr().err
+    assert "line 5: objectives[0] (p95).comparator" in err
+    assert not (tmp_path / "reports").exists(), "a broken run must not leave a report behind"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--profile", "nope"], "invalid choice: 'nope'"),
+        (["--provider", "external"], "--provider external needs --stack-json FILE"),
+        (["--provider", "containers", "--no-suites"], "needs a Docker engine"),
+        (["--profile-scale", "0"], "must be more than 0"),
+    ],
+)
+def test_cli_refuses_bad_flags_with_exit_2(args, message, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "gate", "--reports-dir", str(tmp_path), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
+    assert not any(tmp_path.iterdir())
