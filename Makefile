@@ -1,15 +1,17 @@
 # Entry points; each first runs scripts/bootstrap.sh (installs what is missing).
 #   make test  [PYTEST_ARGS="-k auth -x"]   the pytest suites against a local stack
-#   make gate                               see below: the release gate is not written yet
+#   make gate  [GATE_ARGS="--profile smoke"] the release gate (default: the sla profile, 1000 users)
 #   make lint                               ruff check + ruff format --check
 #   make up    [UP_ARGS="--json stack.json"] the local stack until Ctrl-C
+#   make dashboards                         rewrite compose/grafana/dashboards/*.json
 
 SHELL := /usr/bin/env bash
 VENV ?= .venv
 PYTEST_ARGS ?=
 UP_ARGS ?=
+GATE_ARGS ?= --profile sla
 
-.PHONY: bootstrap test gate lint up
+.PHONY: bootstrap test gate lint up dashboards
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -17,11 +19,10 @@ bootstrap:
 test: bootstrap
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The release gate (suites + load profile + SLOs from Prometheus + reports)
-# does not exist yet. Until it does, `make gate` only brings the local stack up.
+# The release gate: stack up, suites, load profile, SLOs from Prometheus,
+# reports/<run-id>/; exit 0 go, 1 no-go, 2 broken run.
 gate: bootstrap
-	@echo "make gate: the release gate is not implemented yet; bringing the local stack up instead (atendeai up, Ctrl-C to stop). No verdict is produced."
-	$(VENV)/bin/atendeai up $(UP_ARGS)
+	$(VENV)/bin/atendeai gate $(GATE_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .
@@ -29,3 +30,7 @@ lint: bootstrap
 
 up: bootstrap
 	$(VENV)/bin/atendeai up $(UP_ARGS)
+
+# The Grafana dashboards are written by a script (make test fails when stale).
+dashboards: bootstrap
+	$(VENV)/bin/python compose/grafana/build_dashboards.py

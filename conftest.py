@@ -1,3 +1,4 @@
-"""Registers the harness's pytest plugin (options, the stack and tenant fixtures)."""
+"""Registers the harness's pytest plugins: the stack and tenant fixtures, and the
+security suites' options (``--deep``) and summary."""
 
-pytest_plugins = ["harness.pytest_plugin"]
+pytest_plugins = ["harness.pytest_plugin", "harness.security.pytest_plugin"]

@@ -184,6 +184,7 @@ def test_tables_belong_to_the_owner_and_the_definer_owns_only_the_lookups(superu
         " union all select relname from pg_class where relowner = 'atendeai_definer'::regrole"
     ).fetchall()
     assert sorted(name for (name,) in definer_owns) == [
+        "business_counts",  # atendeai_monitoring, aggregate counts only (0005)
         "find_user_for_login",
         "platform_list_clinics",
     ]

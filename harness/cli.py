@@ -5,9 +5,13 @@ Subcommands:
 - ``atendeai up [--json FILE] [--keep-dir]``: bring the local stack up, print
   every endpoint, keep it running until Ctrl-C or SIGTERM, then tear it down.
 
-Exit codes: 0 success; 2 bad usage or a stack that failed to start (the
-error's evidence is printed); 130 interrupted while starting. More
-subcommands (``gate``, ``lint-rls``) plug into ``build_parser``.
+- ``atendeai gate [--profile P] [--provider local|containers|external] ...``:
+  the release gate (``harness.gate.command``); exit 0 go, 1 no-go, 2 broken.
+- ``atendeai lint-rls --dsn DSN [--json]``: the RLS lint (``harness.rls_lint``)
+  against any database; exit 0 clean, 1 findings, 2 could not run.
+
+Exit codes of ``up``: 0 success; 2 bad usage or a stack that failed to start
+(the error's evidence is printed); 130 interrupted while starting.
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser(
         "up",
         help="bring the local stack up and keep it running until Ctrl-C",
-        description="Bring the local stack up (PostgreSQL, Redis, the four services), "
-        "print its endpoints and keep it running until Ctrl-C or SIGTERM.",
+        description="Bring the local stack up (PostgreSQL, Redis, two instances of each "
+        "of the four services behind HAProxy, the PostgreSQL and Redis exporters, "
+        "Prometheus), print its endpoints and keep it running until Ctrl-C or SIGTERM.",
     )
     up.add_argument(
         "--json",
@@ -97,10 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
         "ATENDEAI_LOGIN_LIMIT_PER_CLIENT=1000/60 (repeatable)",
     )
     up.set_defaults(handler=cmd_up)
+
+    from harness.gate import command as gate_command
+
+    gate_command.add_parser(commands)
+    # listed here for --help; main() hands its arguments to harness.rls_lint
+    commands.add_parser(
+        "lint-rls",
+        help="check a live database's row level security setup (--dsn DSN); exit 1 on findings",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lint-rls"]:
+        from harness.rls_lint import main as lint_rls
+
+        try:
+            return lint_rls(argv[1:])
+        except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+            return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -109,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: choose a command (up)", file=sys.stderr)
+        print(f"{PROG}: error: choose a command (up, gate, lint-rls)", file=sys.stderr)
         return EXIT_USAGE
     return handler(args)
 
@@ -145,6 +168,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     stack.write_json(json_path)
                 print_endpoints(stack, cold_start_s=cold_start, json_path=json_path)
                 try:
+                    report_prometheus_targets(stack, started=started)
                     _wait_for_interrupt()
                 except KeyboardInterrupt:
                     _ignore_interrupts()  # the stack's own progress lines say the rest
@@ -180,8 +204,31 @@ def print_endpoints(
     lines = [
         f"AtendeAI stack is up ({stack.provider}; cold start {cold_start_s:.2f} s)",
         "",
-        "services:",
+        "services (first instance; every instance below):",
         *(f"  {name:<9} {url}" for name, url in stack.services.items()),
+    ]
+    if stack.service_instances:
+        lines += [
+            "",
+            "instances:",
+            *(f"  {name:<9} {'  '.join(urls)}" for name, urls in stack.service_instances.items()),
+        ]
+    if stack.haproxy_url:
+        lines += [
+            "",
+            f"haproxy:    {stack.haproxy_url}  (/auth /users /clinics /status -> the instances)",
+            f"  stats     {stack.haproxy_stats_url}",
+            f"  metrics   {stack.extra.get('haproxy_metrics_url', '?')}",
+        ]
+    if stack.prometheus_url:
+        lines += [
+            "",
+            f"prometheus: {stack.prometheus_url}  "
+            f"({stack.extra.get('prometheus_targets', '?')} targets; "
+            "rules from compose/prometheus/rules)",
+            *(f"  {name:<9} {url}" for name, url in stack.exporters.items()),
+        ]
+    lines += [
         "",
         f"postgres:   {pg.host}:{pg.port}  database {pg.database}",
         f"  superuser {pg.superuser_dsn}",
@@ -203,6 +250,29 @@ def print_endpoints(
         lines.append(f"json:       {json_path}  (pytest --stack=external --stack-json {json_path})")
     lines += ["", "Press Ctrl-C to stop."]
     print("\n".join(lines), file=out, flush=True)
+
+
+def report_prometheus_targets(
+    stack: Stack, *, started: float, out: TextIO | None = None, timeout_s: float = 30.0
+) -> bool:
+    """Wait for Prometheus's first scrape of every target and say how it went."""
+    from harness.prometheus_api import PrometheusError, wait_for_stack_targets
+
+    out = sys.stdout if out is None else out
+    if not stack.prometheus_url:
+        return True
+    try:
+        targets = wait_for_stack_targets(stack, timeout_s=timeout_s)
+    except (PrometheusError, HarnessError) as error:
+        print(f"prometheus: not every target is up: {error}", file=out, flush=True)
+        return False
+    print(
+        f"prometheus: all {len(targets)} targets up "
+        f"({time.monotonic() - started:.1f} s after the start)",
+        file=out,
+        flush=True,
+    )
+    return True
 
 
 def _wait_for_interrupt() -> None:

@@ -38,6 +38,20 @@ class PostgresEndpoints:
 
 @dataclass(frozen=True)
 class Stack:
+    """Where every component of a running stack listens.
+
+    - ``services``: one URL per service (its first instance; tests that read a
+      service's own ``/metrics`` talk to it directly).
+    - ``service_instances``: every instance of each service (two locally).
+    - ``haproxy_url``: the load balancer in front of the instances, routing by
+      path (``/auth``, ``/users``, ``/clinics``, ``/status``); locally it plays
+      the gateway. ``haproxy_stats_url``: its live stats page.
+    - ``prometheus_url``: the Prometheus that scrapes every component.
+    - ``exporters``: metrics URLs of the PostgreSQL and Redis exporters.
+
+    The monitoring fields are ``None``/empty for a stack that has none.
+    """
+
     provider: str
     postgres: PostgresEndpoints
     redis_url: str
@@ -46,6 +60,11 @@ class Stack:
     jwt_issuer: str = "atendeai-auth"
     jwt_audience: str = "atendeai-api"
     allowed_origins: tuple[str, ...] = ()
+    service_instances: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    haproxy_url: str | None = None
+    haproxy_stats_url: str | None = None
+    prometheus_url: str | None = None
+    exporters: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
 
     def service_url(self, name: str) -> str:
@@ -80,6 +99,13 @@ class Stack:
             jwt_issuer=data.get("jwt_issuer", cls.jwt_issuer),
             jwt_audience=data.get("jwt_audience", cls.jwt_audience),
             allowed_origins=tuple(data.get("allowed_origins", ())),
+            service_instances={
+                name: tuple(urls) for name, urls in data.get("service_instances", {}).items()
+            },
+            haproxy_url=data.get("haproxy_url"),
+            haproxy_stats_url=data.get("haproxy_stats_url"),
+            prometheus_url=data.get("prometheus_url"),
+            exporters=dict(data.get("exporters", {})),
             extra=dict(data.get("extra", {})),
         )
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what `make test` and `make gate` need, once, then get out of the way:
-#   1. the Debian packages with PostgreSQL 15 and Redis 7 (apt-get, when root);
+#   1. the Debian packages with PostgreSQL 15, Redis 7, Prometheus (and
+#      promtool), HAProxy and the PostgreSQL and Redis exporters (apt-get,
+#      when root; none of them starts by itself: the harness starts them);
 #   2. a virtualenv (.venv) with the project installed editable, with its dev
 #      extras; reinstalled when pyproject.toml is newer than the last install.
 # Safe to run again: it does nothing when everything is in place.
@@ -18,6 +20,10 @@ say() { echo "bootstrap: $*"; }
 missing=()
 [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+[ -x /usr/bin/prometheus-postgres-exporter ] || missing+=(prometheus-postgres-exporter)
+[ -x /usr/bin/prometheus-redis-exporter ] || missing+=(prometheus-redis-exporter)
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
     missing+=(python3-venv)
 fi
@@ -31,7 +37,8 @@ if [ ${#missing[@]} -gt 0 ]; then
         say "installed ${missing[*]}"
     else
         echo "bootstrap: error: missing Debian packages: ${missing[*]}" >&2
-        echo "  the local stack runs PostgreSQL 15 and Redis 7 as child processes;" >&2
+        echo "  the local stack runs PostgreSQL 15, Redis 7, HAProxy, Prometheus and the" >&2
+        echo "  PostgreSQL and Redis exporters as child processes;" >&2
         echo "  install them as root, then run make again:" >&2
         echo "    sudo apt-get install -y ${missing[*]}" >&2
         exit 1

@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from system_under_test import SERVICES
+from system_under_test import SERVICES, metrics
 from system_under_test.config import Settings
 from system_under_test.db import Database, TenantContext
 from system_under_test.errors import Unauthorized
@@ -208,6 +208,21 @@ def create_app(service: str, settings: Settings) -> web.Application:
         ),
     )
     app[PLATFORM_KEY] = platform
+    metrics.initialise(
+        service,
+        VERSION,
+        [(r.method, r.path, {*r.responses, *r.errors, 500}) for r in routes],
+    )
+    fault = settings.fault_injection
+    if fault is not None:
+        metrics.FAULT_INJECTION.labels(fault.method, fault.route).set(1)
+        log.warning(
+            "FAULT INJECTION ON: %s %s delay_ms=%d error_ratio=%s (ATENDEAI_FAULT_INJECTION)",
+            fault.method,
+            fault.route,
+            fault.delay_ms,
+            fault.error_ratio,
+        )
     app["openapi"] = openapi_document(service, VERSION, routes)
     app.add_routes([to_aiohttp(route, platform) for route in routes])
 

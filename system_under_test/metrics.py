@@ -3,9 +3,29 @@
 The latency histogram's buckets include the SLO thresholds (0.1, 0.2, 0.5 s)
 as boundaries, with neighbours, so ``histogram_quantile`` interpolates inside
 narrow buckets instead of reporting 243 ms for a 110 ms p95.
+
+| metric | type | labels | from |
+| --- | --- | --- | --- |
+| ``http_server_request_duration_seconds`` | histogram | method, route, status | all |
+| ``http_server_requests_in_flight`` | gauge | | every service |
+| ``db_pool_connections`` | gauge | state (size, available, waiting) | every service |
+| ``cache_requests_total`` | counter | cache, result (hit, miss) | clinics |
+| ``rate_limit_rejections_total`` | counter | limit (login_client, login_account) | auth |
+| ``auth_logins_total`` | counter | outcome | auth |
+| ``auth_refreshes_total`` | counter | outcome | auth |
+| ``atendeai_service_info`` | gauge (1) | service, version | every service |
+| ``fault_injection_enabled`` | gauge | method, route | every service (1 only when on) |
+
+The business gauges (clinics, users, active sessions) count every tenant's
+rows, which no service may see: the PostgreSQL exporter publishes them
+(``atendeai_clinics_count``, ``atendeai_users_count``,
+``atendeai_sessions_active``; compose/postgres-exporter/queries.yaml).
+Process CPU and memory come from prometheus_client's process collector.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -31,3 +51,45 @@ RATE_LIMIT_REJECTIONS = Counter(
 )
 LOGINS = Counter("auth_logins_total", "Login attempts, by outcome", ("outcome",))
 REFRESHES = Counter("auth_refreshes_total", "Token refreshes, by outcome", ("outcome",))
+SERVICE_INFO = Gauge(
+    "atendeai_service_info", "Which service this process is (always 1)", ("service", "version")
+)
+FAULT_INJECTION = Gauge(
+    "fault_injection_enabled",
+    "1 while ATENDEAI_FAULT_INJECTION slows or fails a route of this process",
+    ("method", "route"),
+)
+
+#: Every label value each counter can take, created at zero when a service
+#: starts (``initialise``): a series that appears only with its first
+#: increment hides that increment from ``rate()``, and a dashboard panel on a
+#: series that does not exist yet shows "no data" instead of 0.
+LOGIN_OUTCOMES = ("success", "invalid_credentials", "inactive", "rate_limited")
+REFRESH_OUTCOMES = ("success", "invalid", "reuse_detected")
+RATE_LIMITS = ("login_client", "login_account")
+CACHE_RESULTS = ("hit", "miss")
+
+
+def initialise(
+    service: str, version: str, routes: Iterable[tuple[str, str, Iterable[int]]] = ()
+) -> None:
+    """Create this service's label sets at zero and publish its identity.
+
+    ``routes`` are ``(method, template, statuses)``: their latency series
+    exist from the start, so Prometheus sees them rise from zero and a
+    ``rate()`` over a window counts the window's first requests too.
+    """
+    SERVICE_INFO.labels(service, version).set(1)
+    for method, template, statuses in routes:
+        for status in statuses:
+            REQUEST_DURATION.labels(method, template, str(status))
+    if service == "auth":
+        for outcome in LOGIN_OUTCOMES:
+            LOGINS.labels(outcome)
+        for outcome in REFRESH_OUTCOMES:
+            REFRESHES.labels(outcome)
+        for limit in RATE_LIMITS:
+            RATE_LIMIT_REJECTIONS.labels(limit)
+    if service == "clinics":
+        for result in CACHE_RESULTS:
+            CACHE_REQUESTS.labels("clinic", result)

@@ -4,13 +4,17 @@
    trusted proxies), metrics (latency by route template, in-flight);
 2. ``security_headers``: security headers and CORS on every response, and
    CORS preflights answered before routing;
-3. ``json_errors``: every error becomes the one JSON shape, never a trace.
+3. ``json_errors``: every error becomes the one JSON shape, never a trace;
+4. ``fault_injection`` (only when ``ATENDEAI_FAULT_INJECTION`` is set): slows
+   down and fails one route on purpose, so alert rules can be proven live.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import random
 import re
 import time
 import uuid
@@ -18,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from system_under_test.config import Settings
+from system_under_test.config import FaultInjection, Settings
 from system_under_test.errors import (
     ApiError,
     Forbidden,
@@ -63,7 +67,12 @@ def client_ip(request: web.Request, settings: Settings) -> str:
 
     if not trusted(peer):
         return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    # A proxy may add its own X-Forwarded-For line instead of extending the
+    # client's (HAProxy's `option forwardfor` does): all the lines, in order,
+    # are one list (RFC 9110 5.3). Reading only the first would trust the
+    # address the client wrote itself.
+    chain = ",".join(request.headers.getall("X-Forwarded-For", []))
+    hops = [h.strip() for h in chain.split(",") if h.strip()]
     for hop in reversed(hops):
         try:
             ipaddress.ip_address(hop)
@@ -155,7 +164,33 @@ def build_middlewares(settings: Settings) -> list:
             error = ApiError("internal error; quote the request id when reporting it")
             return _error_response(error, request["request_id"])
 
-    return [request_context, security_headers, json_errors]
+    middlewares = [request_context, security_headers, json_errors]
+    if settings.fault_injection is not None:
+        middlewares.append(_fault_injection(settings.fault_injection))
+    return middlewares
+
+
+class FaultInjected(ApiError):
+    """The 500 a fault-injected request answers (never outside a test of alerts)."""
+
+    default_code = "fault_injected"
+
+
+def _fault_injection(fault: FaultInjection):
+    """Innermost: the injected error still gets the JSON shape, headers and metrics."""
+
+    @web.middleware
+    async def fault_injection(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        if resource is None or not fault.matches(request.method, resource.canonical):
+            return await handler(request)
+        if fault.delay_ms:
+            await asyncio.sleep(fault.delay_ms / 1000)
+        if fault.error_ratio and random.random() < fault.error_ratio:
+            raise FaultInjected("fault injected on purpose (ATENDEAI_FAULT_INJECTION)")
+        return await handler(request)
+
+    return fault_injection
 
 
 def _error_response(error: ApiError, request_id: str) -> web.Response:

@@ -3,11 +3,12 @@ Schema into each service's OpenAPI document, so the two never drift apart."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from system_under_test.passwords import MAX_PASSWORD_BYTES
 
@@ -30,8 +31,39 @@ ShortText = Annotated[str, Field(max_length=200)]
 LongText = Annotated[str, Field(max_length=5000)]
 
 
+def _unstorable(value: Any) -> str | None:
+    """Why PostgreSQL would refuse ``value`` (a 500 if it got that far), or None.
+
+    text and jsonb cannot hold U+0000, and jsonb has no NaN or Infinity
+    (which Python's JSON parser accepts, as do ``1e400`` and friends).
+    """
+    if isinstance(value, str):
+        return "must not contain the NUL character (U+0000)" if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "numbers must be finite (no NaN or Infinity)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _unstorable(key) or _unstorable(item)
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for item in value:
+            problem = _unstorable(item)
+            if problem:
+                return problem
+    return None
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_in_postgres(cls, value: Any) -> Any:
+        problem = _unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class PageQuery(BaseModel):
@@ -103,10 +135,26 @@ class UserPage(BaseModel):
 JsonObject = dict[str, Any]
 
 
-class ClinicFields(Request):
-    """Every editable clinic column of the spec; all optional on update."""
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
-    name: Name | None = None
+
+def _optional_not_null() -> Any:
+    """A field that may be left out but not sent as null (no ``null`` in its schema,
+    and no ``default: null`` either, which would contradict its type)."""
+    return Field(default=None, json_schema_extra=_drop_default)
+
+
+class ClinicFields(Request):
+    """Every editable clinic column of the spec; all optional on update.
+
+    The columns that are NOT NULL in the database (name, the jsonb objects,
+    status) are optional but not nullable: absent means "leave it", and a JSON
+    ``null`` is a 422 naming the field (it used to reach the database: a 500,
+    and for the jsonb columns a stored JSON null that broke every later read).
+    """
+
+    name: Name = _optional_not_null()
     type: ShortText | None = None
     specialty: ShortText | None = None
     description: LongText | None = None
@@ -124,11 +172,11 @@ class ClinicFields(Request):
     whatsapp: Annotated[str, Field(max_length=30)] | None = None
     email: EmailStr | None = None
     website: Annotated[str, Field(max_length=300)] | None = None
-    department_emails: dict[str, EmailStr] | None = None
-    working_hours: JsonObject | None = None
-    ai_personality: JsonObject | None = None
-    ai_behavior: JsonObject | None = None
-    status: ClinicStatus | None = None
+    department_emails: dict[str, EmailStr] = _optional_not_null()
+    working_hours: JsonObject = _optional_not_null()
+    ai_personality: JsonObject = _optional_not_null()
+    ai_behavior: JsonObject = _optional_not_null()
+    status: ClinicStatus = _optional_not_null()
 
 
 class ClinicUpdate(ClinicFields):

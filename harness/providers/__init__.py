@@ -1,7 +1,8 @@
 """Providers: the ways to get a running stack; each yields the same ``Stack``.
 
 - ``local``: every component as a child process on free loopback ports
-  (PostgreSQL, Redis, the services); no Docker needed.
+  (PostgreSQL, Redis, two instances of each service, HAProxy, the PostgreSQL
+  and Redis exporters, Prometheus); no Docker needed.
 - ``external``: an environment that is already running, described by a JSON
   file (``Stack.write_json``, e.g. from ``atendeai up --json FILE``).
 - ``containers``: the same stack through testcontainers; needs a Docker

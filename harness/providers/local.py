@@ -8,7 +8,17 @@
 4. the platform admin (``system_under_test.seed.seed_platform_admin``),
 5. Redis 7 (``LocalRedis``: password, AOF),
 6. the JWT key pair (private key for the auth service only),
-7. the four services, started concurrently, each awaited on ``GET /ready``,
+7. the four services, ``instances_per_service`` (2) processes each, started
+   concurrently, each awaited on ``GET /ready``,
+8. the PostgreSQL exporter (as the ``atendeai_monitor`` role, a ``pg_monitor``
+   member, with the business-count queries) and the Redis exporter,
+9. HAProxy in front of the instances (path routing, ``httpchk GET /ready``,
+   stats page and Prometheus exporter), awaited until its stats page lists
+   every server and none fails its health check,
+10. Prometheus scraping every instance, HAProxy, both exporters and itself,
+    with the rules of ``compose/prometheus/rules``, awaited until it answers
+    ``/-/ready`` (its first scrapes come ~5 s later: see
+    ``harness.prometheus_api.wait_for_stack_targets``),
 
 and yields the ``Stack`` describing it. Everything is torn down in reverse
 order on exit, and also when a step fails (whatever had started is stopped;
@@ -34,9 +44,22 @@ from typing import Any
 
 from harness.exceptions import ComponentStartError, ConfigurationError, HarnessError
 from harness.keys import generate_jwt_keys
+from harness.providers.exporters import (
+    LocalPostgresExporter,
+    LocalRedisExporter,
+    ensure_monitoring_role,
+    monitor_dsn,
+)
+from harness.providers.haproxy import GATEWAY_ROUTES, Backend, HAProxySettings, LocalHAProxy
 from harness.providers.postgres import LocalPostgres
+from harness.providers.prometheus import (
+    COMPOSE_DIR,
+    LocalPrometheus,
+    PrometheusSettings,
+    ScrapeJob,
+)
 from harness.providers.redis import LocalRedis
-from harness.providers.services import SERVICE_NAMES, running_services, service_url
+from harness.providers.services import SERVICE_NAMES, RunningService, running_services
 from harness.stack import Credentials, PostgresEndpoints, Stack
 
 Progress = Callable[[str], None]
@@ -56,6 +79,10 @@ def print_progress(line: str) -> None:
 def generate_password() -> str:
     """A strong random password (URL-safe, so it needs no quoting in DSNs)."""
     return "At-" + secrets.token_urlsafe(24)
+
+
+#: The custom queries of the PostgreSQL exporter (business gauges), shared with compose.
+DEFAULT_EXPORTER_QUERIES = COMPOSE_DIR / "postgres-exporter" / "queries.yaml"
 
 
 def default_cache_dir() -> Path:
@@ -79,6 +106,12 @@ class LocalStackConfig:
     - ``postgres_bin_dir``: PostgreSQL 15 binaries (``None``: look them up).
     - ``cache_dir``: where the initdb'd PostgreSQL template is kept between runs
       (``None``: run initdb every time).
+    - ``instances_per_service``: processes per service behind HAProxy (the spec's
+      shape needs at least two).
+    - ``prometheus``: scrape/evaluation intervals and the rules to load
+      (``PrometheusSettings``; the live alert test caps every ``for:``).
+    - ``haproxy``: health-check timing (``HAProxySettings``).
+    - ``exporter_queries``: the PostgreSQL exporter's custom queries file.
     """
 
     base_dir: Path | None = None
@@ -91,9 +124,17 @@ class LocalStackConfig:
     login_limit_per_client: str = "20/60"
     postgres_bin_dir: Path | None = None
     cache_dir: Path | None = field(default_factory=default_cache_dir)
+    instances_per_service: int = 2
+    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    haproxy: HAProxySettings = field(default_factory=HAProxySettings)
+    exporter_queries: Path = DEFAULT_EXPORTER_QUERIES
 
     def __post_init__(self) -> None:
-        for name in ("base_dir", "postgres_bin_dir", "cache_dir"):
+        if self.instances_per_service < 1:
+            raise ConfigurationError(
+                f"instances_per_service must be at least 1, not {self.instances_per_service}"
+            )
+        for name in ("base_dir", "postgres_bin_dir", "cache_dir", "exporter_queries"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -151,6 +192,7 @@ def local_stack(
         # 2-4. roles and database, migrations, platform admin
         step = time.monotonic()
         owner_password, app_password = generate_password(), generate_password()
+        monitor_password = generate_password()
         owner_dsn = postgres.dsn(DATABASE, user=OWNER_ROLE, password=owner_password)
         app_dsn = postgres.dsn(DATABASE, user=APP_ROLE, password=app_password)
         applied = _prepare_database(
@@ -158,6 +200,7 @@ def local_stack(
             owner_dsn=owner_dsn,
             owner_password=owner_password,
             app_password=app_password,
+            monitor_password=monitor_password,
             config=config,
         )
         say(_line("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
@@ -192,21 +235,82 @@ def local_stack(
             env.update(config.service_env)
             return env
 
-        services = resources.enter_context(
+        services: list[RunningService] = resources.enter_context(
             running_services(
                 SERVICE_NAMES,
                 env_for=env_for,
                 log_dir=run_dir / "services",
+                instances=config.instances_per_service,
                 timeout_s=config.startup_timeout_s,
             )
         )
         say(
             _line(
                 "services",
-                " ".join(f"{name}:{process.port}" for name, process in services.items()),
+                f"{len(services)} instances, ports "
+                + " ".join(str(service.port) for service in services),
                 step,
             )
         )
+
+        # 8. exporters
+        step = time.monotonic()
+        postgres_exporter = resources.enter_context(
+            LocalPostgresExporter(
+                run_dir / "postgres-exporter",
+                dsn=monitor_dsn(postgres.host, int(postgres.port or 0), DATABASE, monitor_password),
+                queries_file=config.exporter_queries,
+                startup_timeout_s=config.startup_timeout_s,
+            )
+        )
+        redis_exporter = resources.enter_context(
+            LocalRedisExporter(
+                run_dir / "redis-exporter",
+                redis_host=redis.host,
+                redis_port=int(redis.port or 0),
+                password=redis.password,
+                startup_timeout_s=config.startup_timeout_s,
+            )
+        )
+        say(
+            _line(
+                "exporters",
+                f"postgres:{postgres_exporter.port} redis:{redis_exporter.port}",
+                step,
+            )
+        )
+
+        # 9. HAProxy
+        step = time.monotonic()
+        haproxy = resources.enter_context(
+            LocalHAProxy(
+                run_dir / "haproxy",
+                backends=_backends(services),
+                settings=config.haproxy,
+                startup_timeout_s=config.startup_timeout_s,
+            )
+        )
+        say(_line("haproxy", f"{haproxy.gateway_url} stats {haproxy.stats_url}", step))
+
+        # 10. Prometheus. Not awaited until its targets are up: Prometheus
+        # 2.42 hands new targets to its scrapers on a fixed 5 s tick, so the
+        # first scrape comes about 5 s after it starts, whatever we do. The
+        # stack is usable before that; ``prometheus_api.wait_for_stack_targets`` waits.
+        step = time.monotonic()
+        prometheus = resources.enter_context(
+            LocalPrometheus(
+                run_dir / "prometheus",
+                jobs=_scrape_jobs(
+                    services,
+                    haproxy_stats=f"{haproxy.host}:{haproxy.ports[1]}",
+                    postgres_exporter=f"{postgres_exporter.host}:{postgres_exporter.port}",
+                    redis_exporter=f"{redis_exporter.host}:{redis_exporter.port}",
+                ),
+                settings=config.prometheus,
+                startup_timeout_s=config.startup_timeout_s,
+            )
+        )
+        say(_line("prometheus", f"{prometheus.url()} ({prometheus.target_count} targets)", step))
 
         cold_start = time.monotonic() - started
         extra = {
@@ -223,7 +327,23 @@ def local_stack(
             "redis_log": str(redis.log_path),
             "redis_pid": str(redis.process.pid if redis.process else ""),
             "services_log_dir": str(run_dir / "services"),
-            **{f"{name}_pid": str(process.pid) for name, process in services.items()},
+            **{f"{service.name}_pid": str(service.process.pid) for service in services},
+            **{
+                f"{service.instance.service}_pid": str(service.process.pid)
+                for service in services
+                if service.instance.index == 1
+            },
+            "haproxy_config": str(haproxy.config_path),
+            "haproxy_metrics_url": haproxy.metrics_url,
+            "haproxy_pid": str(haproxy.process.pid if haproxy.process else ""),
+            "prometheus_config": str(prometheus.config_path),
+            "prometheus_rule_files": ",".join(str(path) for path in prometheus.rule_files),
+            "prometheus_targets": str(prometheus.target_count),
+            "prometheus_log": str(prometheus.log_path),
+            "prometheus_pid": str(prometheus.process.pid if prometheus.process else ""),
+            "monitor_dsn": monitor_dsn(
+                postgres.host, int(postgres.port or 0), DATABASE, monitor_password
+            ),
         }
         stack = Stack(
             provider="local",
@@ -236,13 +356,24 @@ def local_stack(
                 database=DATABASE,
             ),
             redis_url=redis.url,
-            services={name: service_url(process) for name, process in services.items()},
+            services={s.instance.service: s.url for s in services if s.instance.index == 1},
             platform_admin=Credentials(
                 email=config.platform_admin_email, password=config.platform_admin_password
             ),
             jwt_issuer=JWT_ISSUER,
             jwt_audience=JWT_AUDIENCE,
             allowed_origins=config.allowed_origins,
+            service_instances={
+                name: tuple(s.url for s in services if s.instance.service == name)
+                for name in SERVICE_NAMES
+            },
+            haproxy_url=haproxy.gateway_url,
+            haproxy_stats_url=haproxy.stats_url,
+            prometheus_url=prometheus.url(),
+            exporters={
+                "postgres": postgres_exporter.url("/metrics"),
+                "redis": redis_exporter.url("/metrics"),
+            },
             extra=extra,
         )
         say(f"stack ready in {cold_start:.2f} s")
@@ -253,6 +384,46 @@ def local_stack(
 
 def _line(component: str, where: str, since: float) -> str:
     return f"{component:<9} {where:<40} {time.monotonic() - since:5.2f} s"
+
+
+def _backends(services: list[RunningService]) -> list[Backend]:
+    """One HAProxy backend per service, over all of its instances."""
+    return [
+        Backend(
+            service=name,
+            path_prefixes=GATEWAY_ROUTES[name],
+            servers=tuple(
+                (s.name, s.url.removeprefix("http://"))
+                for s in services
+                if s.instance.service == name
+            ),
+        )
+        for name in SERVICE_NAMES
+    ]
+
+
+def _scrape_jobs(
+    services: list[RunningService],
+    *,
+    haproxy_stats: str,
+    postgres_exporter: str,
+    redis_exporter: str,
+) -> list[ScrapeJob]:
+    """The same jobs as compose/prometheus/prometheus.yml: one per service, then the rest."""
+    jobs = [
+        ScrapeJob(
+            name,
+            tuple(s.url.removeprefix("http://") for s in services if s.instance.service == name),
+            labels=(("tier", "service"),),
+        )
+        for name in SERVICE_NAMES
+    ]
+    jobs += [
+        ScrapeJob("haproxy", (haproxy_stats,), labels=(("tier", "gateway"),)),
+        ScrapeJob("postgres", (postgres_exporter,), labels=(("tier", "database"),)),
+        ScrapeJob("redis", (redis_exporter,), labels=(("tier", "cache"),)),
+    ]
+    return jobs
 
 
 def _make_run_dir(base_dir: Path | None) -> Path:
@@ -281,9 +452,11 @@ def _prepare_database(
     owner_dsn: str,
     owner_password: str,
     app_password: str,
+    monitor_password: str,
     config: LocalStackConfig,
 ) -> list[str]:
-    """Roles and database, migrations, platform admin; errors carry the server log."""
+    """Roles and database, migrations, the monitoring role, platform admin; errors
+    carry the server log."""
     step = "bootstrap (roles and database)"
     try:
         migrate: Any = importlib.import_module("system_under_test.migrate")
@@ -295,6 +468,8 @@ def _prepare_database(
         )
         step = "migrations"
         applied: list[str] = list(migrate.apply_migrations(owner_dsn))
+        step = "monitoring role (atendeai_monitor)"
+        ensure_monitoring_role(postgres.superuser_dsn, monitor_password)
         step = "platform admin seed"
         seed: Any = importlib.import_module("system_under_test.seed")
         seed.seed_platform_admin(

@@ -1,12 +1,14 @@
 """The platform's services as child processes, started together and awaited.
 
-Each service is ``python -m system_under_test NAME --port P --host 127.0.0.1``
+Each instance is ``python -m system_under_test NAME --port P --host 127.0.0.1``
 configured only by its environment. ``running_services`` picks one free port
-per service, starts them all at once (so the slowest start sets the pace, not
-the sum), waits until each answers ``GET /ready`` with 200, and stops them on
-exit. The environment of each service is built by a callback that sees every
-service's URL (the health service needs the others'). If a service loses the
-race for its port, the whole batch is restarted on new ports.
+per instance (``instances`` of each service, named ``auth-1``, ``auth-2``...),
+starts them all at once (so the slowest start sets the pace, not the sum),
+waits until each answers ``GET /ready`` with 200, and stops them on exit. The
+environment of each instance is built by a callback that sees the URLs of
+the instances with the same number (the health service's instance N watches
+instance N of the others). If an instance loses the race for its port, the
+whole batch is restarted on new ports.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.exceptions import WaitTimeout
@@ -29,7 +32,38 @@ from harness.processes import (
 SERVICE_NAMES = ("auth", "users", "clinics", "health")
 
 #: ``env_for(service_name, urls_of_every_service) -> that service's environment``
+#: (the URLs are those of the instances with the same number as the one started)
 EnvFactory = Callable[[str, Mapping[str, str]], Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class ServiceInstance:
+    """One process of a service: ``auth-1``, ``auth-2``..."""
+
+    service: str
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.index}"
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """A started, ready instance and its process."""
+
+    instance: ServiceInstance
+    process: ManagedProcess
+    url: str
+
+    @property
+    def name(self) -> str:
+        return self.instance.name
+
+    @property
+    def port(self) -> int:
+        assert self.process.port is not None
+        return self.process.port
 
 
 class NotReadyYet(Exception):
@@ -41,13 +75,20 @@ def service_command(name: str, port: int, host: str = LOOPBACK) -> list[str]:
 
 
 def service_process(
-    name: str, port: int, *, env: Mapping[str, str], log_dir: Path, host: str = LOOPBACK
+    name: str,
+    port: int,
+    *,
+    env: Mapping[str, str],
+    log_dir: Path,
+    host: str = LOOPBACK,
+    instance_name: str | None = None,
 ) -> ManagedProcess:
-    """A (not yet started) ``ManagedProcess`` for one service."""
+    """A (not yet started) ``ManagedProcess`` for one instance of service ``name``."""
+    label = instance_name or name
     return ManagedProcess(
-        name,
+        label,
         service_command(name, port, host),
-        log_path=Path(log_dir) / f"{name}.log",
+        log_path=Path(log_dir) / f"{label}.log",
         env=env,
         port=port,
         grace_s=10.0,
@@ -92,38 +133,50 @@ def running_services(
     *,
     env_for: EnvFactory,
     log_dir: Path,
+    instances: int = 1,
     timeout_s: float = 30.0,
     host: str = LOOPBACK,
     port_attempts: int = 3,
-) -> Iterator[dict[str, ManagedProcess]]:
-    """Start ``names`` concurrently; yield ``{name: process}`` once all are ready.
+) -> Iterator[list[RunningService]]:
+    """Start ``instances`` of each of ``names`` concurrently; yield them once all are ready.
 
-    Each process has ``.port``; its URL is ``http://{host}:{port}``.
+    The list is ordered by instance number, then by ``names``: the first
+    ``len(names)`` entries are the instances numbered 1.
     """
+    if instances < 1:
+        raise ValueError(f"instances must be at least 1, not {instances}")
     Path(log_dir).mkdir(parents=True, exist_ok=True)
+    wanted = [ServiceInstance(name, index) for index in range(1, instances + 1) for name in names]
 
-    def start_batch() -> tuple[dict[str, ManagedProcess], ExitStack]:
-        ports = free_ports(len(names), host)
-        urls = {name: f"http://{host}:{port}" for name, port in zip(names, ports, strict=True)}
+    def start_batch() -> tuple[list[RunningService], ExitStack]:
+        ports = dict(zip(wanted, free_ports(len(wanted), host), strict=True))
+        urls = {instance: f"http://{host}:{port}" for instance, port in ports.items()}
         with ExitStack() as batch:
-            processes: dict[str, ManagedProcess] = {}
-            for name, port in zip(names, ports, strict=True):
+            running: list[RunningService] = []
+            for instance in wanted:
+                peers = {i.service: url for i, url in urls.items() if i.index == instance.index}
                 process = service_process(
-                    name, port, env=env_for(name, dict(urls)), log_dir=log_dir, host=host
+                    instance.service,
+                    ports[instance],
+                    env=env_for(instance.service, peers),
+                    log_dir=log_dir,
+                    host=host,
+                    instance_name=instance.name,
                 )
-                processes[name] = batch.enter_context(process)
-            # On the way out, signal every service first, then wait for each.
-            batch.callback(lambda: [p.request_stop() for p in processes.values()])
+                batch.enter_context(process)
+                running.append(RunningService(instance, process, urls[instance]))
+            # On the way out, signal every instance first, then wait for each.
+            batch.callback(lambda: [r.process.request_stop() for r in running])
             deadline = time.monotonic() + timeout_s
-            for name, process in processes.items():
-                wait_ready(process, urls[name], deadline=deadline)
-            return processes, batch.pop_all()
+            for service in running:
+                wait_ready(service.process, service.url, deadline=deadline)
+            return running, batch.pop_all()
 
-    processes, batch = retry_on_bind_failure(
+    running, batch = retry_on_bind_failure(
         start_batch, component="services", attempts=port_attempts
     )
     with batch:
-        yield processes
+        yield running
 
 
 def service_url(process: ManagedProcess, host: str = LOOPBACK) -> str:
@@ -134,6 +187,8 @@ __all__ = [
     "SERVICE_NAMES",
     "EnvFactory",
     "NotReadyYet",
+    "RunningService",
+    "ServiceInstance",
     "running_services",
     "service_command",
     "service_process",

@@ -85,8 +85,6 @@ async def update_clinic(call: Call) -> web.Response:
     changes = call.body.model_dump(exclude_unset=True)
     if not changes:
         raise ValidationFailed("send at least one field to change")
-    if changes.get("name", "") is None:
-        raise ValidationFailed("name cannot be empty", details=[])
     assignments = ", ".join(f'"{column}" = %({column})s' for column in changes)
     async with call.platform.db.tenant(call.tenant()) as conn:
         cursor = await conn.execute(
@@ -95,10 +93,13 @@ async def update_clinic(call: Call) -> web.Response:
             {**_column_values(changes), "id": clinic_id},
         )
         row = await cursor.fetchone()
-    if row is None:
+        # Inside the transaction: a row that does not read back as a Clinic is
+        # rolled back, never committed (it would break every later read).
+        clinic = None if row is None else Clinic.model_validate(row)
+    if clinic is None:
         raise NotFound("no such clinic")
     await call.platform.redis.delete(cache_key(clinic_id))
-    return json_response(Clinic.model_validate(row))
+    return json_response(clinic)
 
 
 async def list_clinics(call: Call) -> web.Response:

@@ -1,0 +1,205 @@
+"""A small client of the Prometheus HTTP API: queries, targets, rules and alerts.
+
+Every call raises ``PrometheusError`` naming the endpoint, the query and what
+Prometheus answered, so a failed assertion shows the PromQL that failed.
+``wait_for_targets`` and ``wait_for_alert`` poll with a deadline (never a
+bare sleep) and time out with the last state seen as evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from harness.exceptions import ConfigurationError, HarnessError
+from harness.processes import wait_until
+from harness.stack import Stack
+
+
+class PrometheusError(HarnessError):
+    """Prometheus refused a request or answered an error (the message has both)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    job: str
+    instance: str
+    health: str
+    last_error: str
+    scrape_url: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    state: str  # "pending" or "firing"
+    labels: Mapping[str, str]
+
+
+class PrometheusClient:
+    """``PrometheusClient(url)``: synchronous, one ``httpx.Client``; close it or use ``with``."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PrometheusClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as error:
+            raise PrometheusError(f"GET {self.url}{path}: {error}") from error
+        try:
+            body = response.json()
+        except ValueError:
+            raise PrometheusError(
+                f"GET {self.url}{path} {dict(params or {})}: answered {response.status_code}, "
+                f"not JSON: {response.text[:300]}"
+            ) from None
+        if response.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(
+                f"GET {self.url}{path} {dict(params or {})}: answered {response.status_code}: "
+                f"{body.get('errorType', '')} {body.get('error', body)}"
+            )
+        return body["data"]
+
+    # -- queries
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query; the result list (``[]`` when the query matched nothing)."""
+        data = self._get("/api/v1/query", {"query": promql})
+        result = data["result"]
+        if data["resultType"] == "scalar":
+            return [{"metric": {}, "value": result}]
+        return list(result)
+
+    def value(self, promql: str) -> float | None:
+        """The single value of an instant query (``None`` when empty; error when several)."""
+        result = self.query(promql)
+        if not result:
+            return None
+        if len(result) > 1:
+            raise PrometheusError(f"{promql!r} returned {len(result)} series, expected one")
+        return float(result[0]["value"][1])
+
+    # -- targets
+
+    def targets(self) -> list[Target]:
+        data = self._get("/api/v1/targets", {"state": "active"})
+        return [
+            Target(
+                job=t["labels"].get("job", ""),
+                instance=t["labels"].get("instance", ""),
+                health=t["health"],
+                last_error=t.get("lastError", ""),
+                scrape_url=t.get("scrapeUrl", ""),
+            )
+            for t in data["activeTargets"]
+        ]
+
+    def wait_for_targets(self, expected: int, *, timeout: float = 30.0) -> list[Target]:
+        """Wait until ``expected`` targets are active and every one is up."""
+
+        def all_up() -> list[Target] | None:
+            found = self.targets()
+            if len(found) == expected and all(t.health == "up" for t in found):
+                return found
+            return None
+
+        def describe() -> str:
+            return "; ".join(
+                f"{t.job}/{t.instance}={t.health}" + (f" ({t.last_error})" if t.last_error else "")
+                for t in self.targets()
+            )
+
+        try:
+            return wait_until(
+                all_up,
+                timeout=timeout,
+                interval=0.1,
+                what=f"Prometheus to see {expected} targets up",
+                retry_on=(PrometheusError,),
+            )
+        except HarnessError as error:
+            raise PrometheusError(f"{error}; targets now: {describe()}") from error
+
+    # -- rules and alerts
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every rule of every group (``name``, ``type``, ``query``, ``health``, ``lastError``)."""
+        data = self._get("/api/v1/rules")
+        return [rule for group in data["groups"] for rule in group["rules"]]
+
+    def alerts(self) -> list[Alert]:
+        data = self._get("/api/v1/alerts")
+        return [
+            Alert(name=a["labels"]["alertname"], state=a["state"], labels=dict(a["labels"]))
+            for a in data["alerts"]
+        ]
+
+    def wait_for_alert(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        states: Iterable[str] = ("firing",),
+        timeout: float = 60.0,
+    ) -> Alert:
+        """Wait until alert ``name`` (with these labels) is in one of ``states``."""
+        wanted_states = tuple(states)
+        wanted = dict(labels or {})
+
+        def matching() -> Alert | None:
+            for alert in self.alerts():
+                if alert.name != name or alert.state not in wanted_states:
+                    continue
+                if all(alert.labels.get(k) == v for k, v in wanted.items()):
+                    return alert
+            return None
+
+        try:
+            return wait_until(
+                matching,
+                timeout=timeout,
+                interval=0.25,
+                what=f"alert {name} {wanted} to be {'/'.join(wanted_states)}",
+                retry_on=(PrometheusError,),
+            )
+        except HarnessError as error:
+            now = [(a.name, a.state, dict(a.labels)) for a in self.alerts()]
+            raise PrometheusError(f"{error}; alerts now: {now}") from error
+
+
+def wait_for_stack_targets(stack: Stack, *, timeout_s: float = 30.0) -> list[Target]:
+    """Wait until the stack's Prometheus has scraped every one of its targets.
+
+    The expected count is ``stack.extra["prometheus_targets"]`` (written by the
+    local provider); without it, every active target must be up. Prometheus
+    2.42 hands new targets to its scrapers on a fixed 5 s tick, so this takes
+    about 5 s after Prometheus started.
+    """
+    if not stack.prometheus_url:
+        raise ConfigurationError("this stack has no Prometheus (stack.prometheus_url is empty)")
+    with PrometheusClient(stack.prometheus_url) as client:
+        expected = stack.extra.get("prometheus_targets")
+        if expected is None:
+            expected_count = len(
+                wait_until(client.targets, timeout=timeout_s, what="any Prometheus target")
+            )
+        else:
+            expected_count = int(expected)
+        return client.wait_for_targets(expected_count, timeout=timeout_s)
+
+
+__all__ = ["Alert", "PrometheusClient", "PrometheusError", "Target", "wait_for_stack_targets"]

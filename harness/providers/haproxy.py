@@ -1,0 +1,251 @@
+"""HAProxy in front of the services: the local stack's gateway (Debian's haproxy).
+
+``LocalHAProxy`` renders a configuration (``render_haproxy_config``) with one
+frontend that routes by path prefix (``GATEWAY_ROUTES``) to one backend per
+service, each balancing over every instance of that service and checking
+them with ``option httpchk GET /ready``; unknown paths get a 404 in the
+platform's error shape. A second frontend serves the live stats page
+(``/stats``) and HAProxy's built-in Prometheus exporter (``/metrics``).
+``compose/haproxy/haproxy.cfg`` is the Docker twin (DNS-discovered replicas);
+``contract_tests/observability`` checks both with ``haproxy -c`` and checks
+that every route here is one the services' OpenAPI documents serve.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.exceptions import ConfigurationError
+from harness.providers.daemon import HttpDaemon, NotReadyYet, find_binary
+
+PACKAGE = "haproxy"
+
+#: Which path prefixes the gateway sends to which service. A prefix matches
+#: itself and everything below it (``/auth`` and ``/auth/...``).
+GATEWAY_ROUTES: Mapping[str, tuple[str, ...]] = {
+    "auth": ("/auth",),
+    "users": ("/users",),
+    "clinics": ("/clinics",),
+    "health": ("/status",),
+}
+HEALTH_CHECK_PATH = "/ready"
+#: HAProxy's ``check_status`` of a server that passed (L7OK) or was not checked yet.
+PASSED_OR_PENDING = frozenset({"L7OK", "", "INI"})
+STATS_PATH = "/stats"
+METRICS_PATH = "/metrics"
+
+
+class ServerCheckFailed(NotReadyYet):
+    """HAProxy's health check of a server failed (transient while it starts)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One service behind the gateway: its path prefixes and its instances."""
+
+    service: str
+    path_prefixes: tuple[str, ...]
+    servers: tuple[tuple[str, str], ...]  # (name, "host:port")
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ConfigurationError(f"backend {self.service}: no servers")
+        for prefix in self.path_prefixes:
+            if not prefix.startswith("/") or prefix.endswith("/") or " " in prefix:
+                raise ConfigurationError(
+                    f"backend {self.service}: path prefix {prefix!r} must start with / "
+                    "and not end with one"
+                )
+
+
+@dataclass(frozen=True)
+class HAProxySettings:
+    """The timing of health checks (fast locally: an instance is out within ~2 s)."""
+
+    check_interval: str = "1s"
+    fall: int = 2
+    rise: int = 1
+    stats_refresh: str = "5s"
+
+
+def render_haproxy_config(
+    backends: Sequence[Backend],
+    *,
+    bind: str,
+    stats_bind: str,
+    settings: HAProxySettings | None = None,
+) -> str:
+    """The text of ``haproxy.cfg`` for these backends (validated by ``haproxy -c``)."""
+    settings = settings or HAProxySettings()
+    acls: list[str] = []
+    uses: list[str] = []
+    for backend in backends:
+        acl = f"is_{backend.service}"
+        for prefix in backend.path_prefixes:
+            acls.append(f"    acl {acl} path {prefix}")
+            acls.append(f"    acl {acl} path_beg {prefix}/")
+        uses.append(f"    use_backend {backend.service} if {acl}")
+    known = " || ".join(f"is_{b.service}" for b in backends)
+    not_found = (
+        "    http-request return status 404 content-type application/json "
+        'string \'{"error":{"code":"not_found","message":"no such route"}}\' '
+        f"unless {known}"
+    )
+    lines = [
+        "# Rendered by harness/providers/haproxy.py for one local stack; removed with it.",
+        "global",
+        "    log stdout format raw local0 info",
+        "    maxconn 4096",
+        "",
+        "defaults",
+        "    mode http",
+        "    log global",
+        "    option httplog",
+        "    option dontlog-normal",
+        "    option redispatch",
+        "    retries 2",
+        # Only failures before the request reached a server: never replay a POST.
+        "    retry-on conn-failure",
+        "    timeout connect 2s",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    timeout http-request 10s",
+        "    timeout http-keep-alive 10s",
+        f"    default-server check inter {settings.check_interval} "
+        f"fall {settings.fall} rise {settings.rise}",
+        "",
+        "frontend gateway",
+        f"    bind {bind}",
+        "    option forwardfor",
+        *acls,
+        not_found,
+        *uses,
+        "",
+    ]
+    for backend in backends:
+        lines += [
+            f"backend {backend.service}",
+            "    balance roundrobin",
+            f"    option httpchk GET {HEALTH_CHECK_PATH}",
+            "    http-check expect status 200",
+            *(f"    server {name} {address}" for name, address in backend.servers),
+            "",
+        ]
+    lines += [
+        "frontend stats",
+        f"    bind {stats_bind}",
+        f"    http-request use-service prometheus-exporter if {{ path {METRICS_PATH} }}",
+        "    stats enable",
+        f"    stats uri {STATS_PATH}",
+        f"    stats refresh {settings.stats_refresh}",
+        "    stats show-legends",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def check_config(path: Path, *, binary: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``haproxy -c -f path``: the real parser's verdict (returncode and output)."""
+    haproxy = find_binary("haproxy", "haproxy", package=PACKAGE, explicit=binary)
+    return subprocess.run(
+        [str(haproxy), "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
+    )
+
+
+class LocalHAProxy(HttpDaemon):
+    """HAProxy on two free loopback ports: the gateway and the stats/metrics page."""
+
+    component = "haproxy"
+    binary_name = "haproxy"
+    package = PACKAGE
+    ports_needed = 2
+    hint = "read the log tail; `haproxy -c -f haproxy.cfg` in the run directory explains it"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        backends: Sequence[Backend],
+        settings: HAProxySettings | None = None,
+        **options,
+    ) -> None:
+        super().__init__(directory, **options)
+        self.backends = tuple(backends)
+        self.settings = settings or HAProxySettings()
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "haproxy.cfg"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.url()
+
+    @property
+    def stats_url(self) -> str:
+        return self.url(STATS_PATH, port_index=1)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.url(METRICS_PATH, port_index=1)
+
+    def _configure(self, ports: Sequence[int]) -> None:
+        self.config_path.write_text(
+            render_haproxy_config(
+                self.backends,
+                bind=f"{self.host}:{ports[0]}",
+                stats_bind=f"{self.host}:{ports[1]}",
+                settings=self.settings,
+            )
+        )
+
+    def _command(self, binary: Path, ports: Sequence[int]) -> list[str]:
+        return [str(binary), "-db", "-f", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        """The stats page answers and lists every server, none of them failing its check.
+
+        A server not checked yet counts as ready (HAProxy starts each first
+        check at a random moment within the check interval, and the services
+        were awaited on ``GET /ready`` already); a failed check does not.
+        """
+        checks = server_checks(self._get(f"{STATS_PATH};csv", port_index=1))
+        expected = {f"{b.service}/{name}" for b in self.backends for name, _ in b.servers}
+        missing = expected - set(checks)
+        failing = {name: check for name, check in checks.items() if check not in PASSED_OR_PENDING}
+        if missing:
+            raise NotReadyYet(f"servers missing from the stats page: {sorted(missing)}")
+        if failing:
+            raise ServerCheckFailed(f"health checks failing: {failing}")
+        return True
+
+
+def server_checks(stats_csv: str) -> dict[str, str]:
+    """``{"backend/server": check_status}`` from HAProxy's stats page in CSV form."""
+    lines = stats_csv.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise NotReadyYet(f"the stats page is not CSV: {stats_csv[:200]!r}")
+    header = lines[0][2:].split(",")
+    column = {name: index for index, name in enumerate(header)}
+    checks = {}
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) < len(header) or fields[1] in ("FRONTEND", "BACKEND"):
+            continue
+        checks[f"{fields[0]}/{fields[1]}"] = fields[column["check_status"]]
+    return checks
+
+
+__all__ = [
+    "GATEWAY_ROUTES",
+    "HEALTH_CHECK_PATH",
+    "Backend",
+    "HAProxySettings",
+    "LocalHAProxy",
+    "check_config",
+    "render_haproxy_config",
+    "server_checks",
+]

@@ -1,0 +1,245 @@
+"""Prometheus in the local stack (Debian's prometheus), scraping every component.
+
+``LocalPrometheus`` renders ``prometheus.yml`` from a list of ``ScrapeJob``
+(``render_prometheus_config``) with a short scrape interval (1 s by default,
+so tests see data quickly; ``compose/prometheus/prometheus.yml`` uses 15 s)
+and loads the alerting and recording rules of ``compose/prometheus/rules/``,
+the same files the Docker deployment loads. ``render_rules`` copies them into
+the run directory, optionally with every ``for:`` capped (the live alert test
+uses that: same expressions, shorter waits; nothing hand-copied).
+
+Job names and target labels are the same as in the compose config (one job
+per service, ``haproxy``, ``postgres``, ``redis``, ``prometheus``), so the
+rules and the Grafana dashboards work on both.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.exceptions import ConfigurationError
+from harness.providers.daemon import HttpDaemon, find_binary
+
+PACKAGE = "prometheus"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_DIR = REPO_ROOT / "compose"
+DEFAULT_RULES_DIR = COMPOSE_DIR / "prometheus" / "rules"
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+
+
+def parse_duration(text: str) -> float:
+    """A Prometheus duration (``90s``, ``1m30s``, ``2h``) in seconds."""
+    match = _DURATION.match(str(text).strip())
+    if not match or not any(match.groups()):
+        raise ConfigurationError(f"{text!r} is not a Prometheus duration (e.g. 30s, 5m, 1h)")
+    days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as a Prometheus duration (``1s``, ``500ms``, ``2m``)."""
+    millis = round(seconds * 1000)
+    if millis % 60_000 == 0 and millis:
+        return f"{millis // 60_000}m"
+    if millis % 1000 == 0:
+        return f"{millis // 1000}s"
+    return f"{millis}ms"
+
+
+@dataclass(frozen=True)
+class ScrapeJob:
+    """One ``scrape_configs`` entry: a job name, its targets and extra target labels."""
+
+    name: str
+    targets: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...] = ()
+    metrics_path: str = "/metrics"
+
+    def to_config(self) -> dict[str, Any]:
+        static: dict[str, Any] = {"targets": list(self.targets)}
+        if self.labels:
+            static["labels"] = dict(self.labels)
+        config: dict[str, Any] = {"job_name": self.name, "static_configs": [static]}
+        if self.metrics_path != "/metrics":
+            config["metrics_path"] = self.metrics_path
+        return config
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """How the local Prometheus runs.
+
+    - ``scrape_interval_s`` / ``evaluation_interval_s``: short, so tests see data fast.
+    - ``rules_dir``: the rule files to load (``*.yml``; ``None``: load none).
+    - ``rule_for_cap_s``: cap every rule's ``for:`` at this many seconds (``None``: as written).
+    - ``retention``: how long the TSDB keeps samples (the run directory is temporary anyway).
+    """
+
+    scrape_interval_s: float = 1.0
+    evaluation_interval_s: float = 1.0
+    rules_dir: Path | None = field(default=DEFAULT_RULES_DIR)
+    rule_for_cap_s: float | None = None
+    retention: str = "1d"
+
+    def __post_init__(self) -> None:
+        if self.rules_dir is not None and not isinstance(self.rules_dir, Path):
+            object.__setattr__(self, "rules_dir", Path(self.rules_dir))
+        if self.scrape_interval_s <= 0 or self.evaluation_interval_s <= 0:
+            raise ConfigurationError("Prometheus scrape and evaluation intervals must be positive")
+        if self.rule_for_cap_s is not None and self.rule_for_cap_s < 0:
+            raise ConfigurationError(f"rule_for_cap_s must not be negative: {self.rule_for_cap_s}")
+
+
+def render_prometheus_config(
+    jobs: Sequence[ScrapeJob],
+    *,
+    rule_files: Sequence[Path] = (),
+    scrape_interval_s: float = 1.0,
+    evaluation_interval_s: float = 1.0,
+) -> dict[str, Any]:
+    """``prometheus.yml`` as a dict (dump it with ``yaml.safe_dump``)."""
+    names = [job.name for job in jobs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigurationError(f"duplicate scrape job names: {', '.join(duplicates)}")
+    interval = format_duration(scrape_interval_s)
+    return {
+        "global": {
+            "scrape_interval": interval,
+            "scrape_timeout": interval,
+            "evaluation_interval": format_duration(evaluation_interval_s),
+            "external_labels": {"stack": "local"},
+        },
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [job.to_config() for job in jobs],
+    }
+
+
+def rule_files_in(rules_dir: Path) -> list[Path]:
+    """The rule files of a directory (``*.yml``), sorted; an error when there are none."""
+    if not rules_dir.is_dir():
+        raise ConfigurationError(f"Prometheus rules directory {rules_dir} does not exist")
+    files = sorted(rules_dir.glob("*.yml"))
+    if not files:
+        raise ConfigurationError(f"no rule files (*.yml) in {rules_dir}")
+    return files
+
+
+def render_rules(source: Path, target: Path, *, for_cap_s: float | None = None) -> dict[str, Any]:
+    """Copy the rule file ``source`` to ``target``, every ``for:`` capped at ``for_cap_s``.
+
+    Only ``for:`` changes: expressions, labels and annotations are the
+    source's own, so a test of the rendered file is a test of the source.
+    Returns the rendered document.
+    """
+    document = yaml.safe_load(source.read_text())
+    if not isinstance(document, dict) or not isinstance(document.get("groups"), list):
+        raise ConfigurationError(f"{source}: not a Prometheus rule file (no 'groups' list)")
+    if for_cap_s is not None:
+        for group in document["groups"]:
+            for rule in group.get("rules", []):
+                if "for" in rule and parse_duration(rule["for"]) > for_cap_s:
+                    rule["for"] = format_duration(for_cap_s)
+    target.write_text(
+        f"# Rendered from {source} by harness/providers/prometheus.py"
+        + (f" (every for: capped at {format_duration(for_cap_s)})" if for_cap_s else "")
+        + "\n"
+        + yaml.safe_dump(document, sort_keys=False)
+    )
+    return document
+
+
+def promtool(*args: str, binary: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``promtool`` with ``args`` (return code and output, never raises on failure)."""
+    tool = find_binary("promtool", "promtool", package=PACKAGE, explicit=binary)
+    return subprocess.run([str(tool), *args], capture_output=True, text=True, timeout=120)
+
+
+class LocalPrometheus(HttpDaemon):
+    """Prometheus on a free loopback port with a rendered config and the compose rules."""
+
+    component = "prometheus"
+    binary_name = "prometheus"
+    package = PACKAGE
+    hint = "read the log tail; `promtool check config prometheus.yml` in the run directory"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        jobs: Sequence[ScrapeJob],
+        settings: PrometheusSettings | None = None,
+        **options,
+    ) -> None:
+        super().__init__(directory, **options)
+        self.settings = settings or PrometheusSettings()
+        self.jobs = list(jobs)
+        self.rule_files: list[Path] = []
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "prometheus.yml"
+
+    def add_job(self, job: ScrapeJob) -> None:
+        """Add a job before the start (the provider adds ``prometheus`` itself last)."""
+        self.jobs.append(job)
+
+    def _configure(self, ports: Sequence[int]) -> None:
+        self.rule_files = []
+        if self.settings.rules_dir is not None:
+            rules_out = self.directory / "rules"
+            rules_out.mkdir(exist_ok=True)
+            for source in rule_files_in(self.settings.rules_dir):
+                target = rules_out / source.name
+                render_rules(source, target, for_cap_s=self.settings.rule_for_cap_s)
+                self.rule_files.append(target)
+        jobs = [job for job in self.jobs if job.name != "prometheus"]
+        jobs.append(ScrapeJob("prometheus", (f"{self.host}:{ports[0]}",)))
+        config = render_prometheus_config(
+            jobs,
+            rule_files=self.rule_files,
+            scrape_interval_s=self.settings.scrape_interval_s,
+            evaluation_interval_s=self.settings.evaluation_interval_s,
+        )
+        self.jobs = jobs
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def _command(self, binary: Path, ports: Sequence[int]) -> list[str]:
+        return [
+            str(binary),
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.directory / 'data'}",
+            f"--storage.tsdb.retention.time={self.settings.retention}",
+            f"--web.listen-address={self.host}:{ports[0]}",
+            "--log.level=warn",
+        ]
+
+    def _ready(self) -> bool:
+        self._get("/-/ready")
+        return True
+
+    @property
+    def target_count(self) -> int:
+        return sum(len(job.targets) for job in self.jobs)
+
+
+__all__ = [
+    "DEFAULT_RULES_DIR",
+    "LocalPrometheus",
+    "PrometheusSettings",
+    "ScrapeJob",
+    "format_duration",
+    "parse_duration",
+    "promtool",
+    "render_prometheus_config",
+    "render_rules",
+    "rule_files_in",
+]

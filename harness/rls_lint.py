@@ -1,0 +1,778 @@
+"""RLS lint: read a live database's catalogs and report every way its row level
+security can fail silently (DESIGN.md section 7), each finding with the
+object's name and the fix.
+
+It only reads (``pg_catalog`` and privilege functions), so any role that can
+connect will do, the service role included: point it at a scratch database,
+the local stack or a staging server.
+
+What it checks, by finding ``check`` name:
+
+==========================  ===============================================================
+``server_version``          PostgreSQL has the RLS CVE fixes (15.9, 16.5, 17.1 or later; 7.13)
+``schema_missing``          the schema exists and has tables
+``rls_enabled``             every table has row level security enabled (7.2)
+``rls_forced``              ... and forced, so the owner is subject to it too (7.2)
+``policy_not_restrictive``  every table has a RESTRICTIVE policy for all commands, so a
+                            permissive policy added later cannot widen access (7.6)
+``policy_without_check``    every policy for ALL/INSERT/UPDATE has an explicit WITH CHECK (7.5)
+``policy_always_true``      no ``USING (true)`` / ``WITH CHECK (true)`` or other constant (7.6)
+``policy_not_tenant``       every policy expression refers to the tenant context (7.6)
+``role_missing``            the service role exists
+``role_superuser``          the service role is not a superuser (7.1)
+``role_bypassrls``          ... has no BYPASSRLS (7.1)
+``role_createrole``         ... has no CREATEROLE (it could grant itself any role; 7.1)
+``role_member``             ... is not a member of a superuser, BYPASSRLS or CREATEROLE role,
+                            of a role owning the schema's objects, or of pg_read/write_all_data
+``role_owns``               ... owns nothing in the schema, nor the database (7.2)
+``definer_search_path``     SECURITY DEFINER functions pin a safe ``search_path`` (7.4)
+``definer_public``          ... are not executable by PUBLIC (7.4)
+``definer_executable``      (note) which of them the service role can execute, as whom (7.4)
+``trigger_definer``         trigger functions on the tables run as the invoker, so audit rows
+                            get the context's clinic and pass RLS (7.12)
+``view_security_invoker``   views run with the caller's rights (``security_invoker``; 7.3)
+``materialized_view``       no materialized views (they have no RLS at all; 7.3)
+``dangerous_grant``         no TRUNCATE, REFERENCES or TRIGGER for the service role (7.11)
+``fk_without_tenant``       every FK between tenant tables includes the tenant column (7.10)
+==========================  ===============================================================
+
+Findings of severity ``error`` make ``main`` exit 1; ``note`` findings are
+reported but do not fail the lint.
+
+Command line (wired as ``atendeai lint-rls``)::
+
+    python -m harness.rls_lint --dsn DSN [--app-role atendeai_app] [--schema atendeai] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ERROR = "error"
+NOTE = "note"
+
+DEFAULT_APP_ROLE = "atendeai_app"
+DEFAULT_SCHEMA = "atendeai"
+DEFAULT_TENANT_COLUMN = "clinic_id"
+DEFAULT_TENANT_ROOT = "clinics"
+#: A policy expression is tenant-scoped when it mentions the context (as
+#: ``pg_get_expr`` prints it): the helper function or the setting itself.
+DEFAULT_TENANT_EXPRESSION = r"current_clinic_id\(\)|current_setting\('atendeai\.clinic_id'"
+#: The first release of each major with the fixes for CVE-2023-2455 and
+#: CVE-2024-10976 (RLS policies applied for the wrong role); ``server_version_num``.
+MIN_SERVER_VERSION = {15: 150009, 16: 160005, 17: 170001}
+#: Predefined roles that read or write every table regardless of grants.
+BROAD_PREDEFINED_ROLES = ("pg_read_all_data", "pg_write_all_data")
+DANGEROUS_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem (``error``) or fact worth a look (``note``), with its fix."""
+
+    check: str
+    severity: str
+    object: str
+    problem: str
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.severity.upper():5} {self.check:22} {self.object}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class LintReport:
+    target: str
+    schema: str
+    app_role: str
+    server_version: str
+    findings: tuple[Finding, ...] = field(default_factory=tuple)
+    tables: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == ERROR)
+
+    @property
+    def notes(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == NOTE)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def by_check(self, check: str) -> list[Finding]:
+        return [f for f in self.findings if f.check == check]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "schema": self.schema,
+            "app_role": self.app_role,
+            "server_version": self.server_version,
+            "tables": list(self.tables),
+            "ok": self.ok,
+            "errors": len(self.errors),
+            "notes": len(self.notes),
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+    def render(self) -> str:
+        lines = [
+            f"rls-lint: {self.target}, schema {self.schema}, service role {self.app_role}, "
+            f"PostgreSQL {self.server_version}, {len(self.tables)} table(s)"
+        ]
+        for finding in sorted(self.findings, key=lambda f: (f.severity != ERROR, f.check)):
+            lines.append(finding.line())
+            lines.append(f"      fix: {finding.fix}")
+        verdict = "OK" if self.ok else "FAILED"
+        lines.append(f"{verdict}: {len(self.errors)} error(s), {len(self.notes)} note(s)")
+        return "\n".join(lines)
+
+
+class LintError(Exception):
+    """The lint could not run (cannot connect, cannot read the catalogs)."""
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (URL or key=value form)."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            if parts.port:
+                host += f":{parts.port}"
+            user = parts.username or ""
+            parts = parts._replace(netloc=f"{user}:***@{host}")
+        return urlunsplit(parts)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn)
+
+
+def server_version_findings(version_num: int, *, minimum: int | None = None) -> list[Finding]:
+    """``server_version_num`` against the first release with the RLS CVE fixes."""
+    major = version_num // 10000
+    required = minimum
+    if required is None:
+        if major < min(MIN_SERVER_VERSION):
+            required = MIN_SERVER_VERSION[min(MIN_SERVER_VERSION)]
+        else:
+            required = MIN_SERVER_VERSION.get(major, 0)  # a newer major has the fixes
+    if version_num >= required:
+        return []
+    return [
+        Finding(
+            "server_version",
+            ERROR,
+            f"server {_version_text(version_num)}",
+            f"server_version_num {version_num} is below {required}: it lacks the fixes "
+            "for CVE-2023-2455 / CVE-2024-10976 (RLS policies checked for the wrong role)",
+            f"upgrade PostgreSQL to {_version_text(required)} or later",
+        )
+    ]
+
+
+def _version_text(num: int) -> str:
+    return f"{num // 10000}.{num % 10000}"
+
+
+# --------------------------------------------------------------------------- lint
+
+
+def lint_database(
+    dsn: str,
+    *,
+    app_role: str = DEFAULT_APP_ROLE,
+    schema: str = DEFAULT_SCHEMA,
+    tenant_column: str = DEFAULT_TENANT_COLUMN,
+    tenant_root: str = DEFAULT_TENANT_ROOT,
+    tenant_expression: str = DEFAULT_TENANT_EXPRESSION,
+    min_server_version: int | None = None,
+) -> LintReport:
+    """Connect to ``dsn``, read the catalogs, and return every finding."""
+    import psycopg
+
+    if not dsn.strip():
+        # libpq would fall back to PG* variables and the default socket: never guess.
+        raise LintError("an empty DSN: say which database to check")
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as error:
+        raise LintError(f"cannot connect to {redact_dsn(dsn)}: {error}".strip()) from error
+    with conn:
+        try:
+            return _Linter(
+                conn,
+                target=redact_dsn(dsn),
+                app_role=app_role,
+                schema=schema,
+                tenant_column=tenant_column,
+                tenant_root=tenant_root,
+                tenant_expression=re.compile(tenant_expression),
+                min_server_version=min_server_version,
+            ).run()
+        except psycopg.Error as error:
+            raise LintError(f"reading the catalogs of {redact_dsn(dsn)} failed: {error}") from error
+
+
+class _Linter:
+    def __init__(
+        self,
+        conn: Any,
+        *,
+        target: str,
+        app_role: str,
+        schema: str,
+        tenant_column: str,
+        tenant_root: str,
+        tenant_expression: re.Pattern[str],
+        min_server_version: int | None,
+    ) -> None:
+        self.conn = conn
+        self.target = target
+        self.app_role = app_role
+        self.schema = schema
+        self.tenant_column = tenant_column
+        self.tenant_root = tenant_root
+        self.tenant_expression = tenant_expression
+        self.min_server_version = min_server_version
+        self.findings: list[Finding] = []
+        self.role_exists = False
+
+    def rows(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
+        return list(self.conn.execute(query, params).fetchall())
+
+    def add(self, check: str, obj: str, problem: str, fix: str, severity: str = ERROR) -> None:
+        self.findings.append(Finding(check, severity, obj, problem, fix))
+
+    def q(self, name: str) -> str:
+        """``schema.name``, quoted like PostgreSQL would print it."""
+        return f"{_ident(self.schema)}.{_ident(name)}"
+
+    def run(self) -> LintReport:
+        version_text, version_num = self.rows(
+            "select current_setting('server_version'), current_setting('server_version_num')::int"
+        )[0]
+        self.findings += server_version_findings(version_num, minimum=self.min_server_version)
+        tables = self.check_tables()
+        self.check_role()
+        self.check_functions()
+        self.check_views()
+        if self.role_exists:
+            self.check_grants()
+        self.check_foreign_keys()
+        return LintReport(
+            target=self.target,
+            schema=self.schema,
+            app_role=self.app_role,
+            server_version=version_text,
+            findings=tuple(self.findings),
+            tables=tuple(tables),
+        )
+
+    # -- tables and policies
+
+    def check_tables(self) -> list[str]:
+        exists = self.rows("select 1 from pg_namespace where nspname = %s", [self.schema])
+        tables = self.rows(
+            "select c.relname, c.relrowsecurity, c.relforcerowsecurity from pg_class c"
+            " join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = %s and c.relkind in ('r', 'p') order by c.relname",
+            [self.schema],
+        )
+        if not exists or not tables:
+            what = "does not exist" if not exists else "has no tables"
+            self.add(
+                "schema_missing",
+                f"schema {_ident(self.schema)}",
+                f"the schema {what}: nothing to check (wrong --schema or database?)",
+                "point --dsn at the platform's database and --schema at its tenant schema",
+            )
+            return []
+        for name, enabled, forced in tables:
+            qualified = self.q(name)
+            if not enabled:
+                self.add(
+                    "rls_enabled",
+                    f"table {qualified}",
+                    "row level security is not enabled: every role with a grant sees every row",
+                    f"ALTER TABLE {qualified} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;",
+                )
+            elif not forced:
+                self.add(
+                    "rls_forced",
+                    f"table {qualified}",
+                    "row level security is enabled but not forced: the table's owner "
+                    "(and anything running as it) bypasses every policy",
+                    f"ALTER TABLE {qualified} FORCE ROW LEVEL SECURITY;",
+                )
+        self.check_policies([name for name, _, _ in tables])
+        return [name for name, _, _ in tables]
+
+    def check_policies(self, tables: list[str]) -> None:
+        policies = self.rows(
+            "select c.relname, p.polname, p.polpermissive, p.polcmd,"
+            " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
+            " from pg_policy p join pg_class c on c.oid = p.polrelid"
+            " join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s"
+            " order by c.relname, p.polname",
+            [self.schema],
+        )
+        restrictive_all = {
+            table for table, _, permissive, cmd, _, _ in policies if not permissive and cmd == "*"
+        }
+        for table in tables:
+            if table not in restrictive_all:
+                qualified = self.q(table)
+                self.add(
+                    "policy_not_restrictive",
+                    f"table {qualified}",
+                    "no RESTRICTIVE policy for all commands: permissive policies are OR'ed, "
+                    "so any permissive policy added later (a stray USING (true)) widens access",
+                    f"CREATE POLICY tenant_guard ON {qualified} AS RESTRICTIVE FOR ALL "
+                    f"USING ({self.tenant_column} = <tenant context>) "
+                    f"WITH CHECK ({self.tenant_column} = <tenant context>);",
+                )
+        commands = {"*": "ALL", "r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
+        for table, name, permissive, cmd, qual, with_check in policies:
+            obj = f"policy {_ident(name)} on {self.q(table)}"
+            kind = "PERMISSIVE" if permissive else "RESTRICTIVE"
+            command = commands.get(cmd, cmd)
+            if command in ("ALL", "INSERT", "UPDATE") and with_check is None:
+                self.add(
+                    "policy_without_check",
+                    obj,
+                    f"{kind} policy for {command} has no WITH CHECK: what may be written "
+                    "(inserted, or moved to another tenant) is not stated",
+                    f"ALTER POLICY {_ident(name)} ON {self.q(table)} WITH CHECK (<the USING "
+                    "predicate>);  (or drop and recreate it with WITH CHECK)",
+                )
+            for clause, expression in (("USING", qual), ("WITH CHECK", with_check)):
+                if expression is None:
+                    continue
+                if _always_true(expression):
+                    self.add(
+                        "policy_always_true",
+                        obj,
+                        f"{kind} policy {clause} ({expression}) is always true: "
+                        "it lets every row through",
+                        f"DROP POLICY {_ident(name)} ON {self.q(table)};  (or scope it "
+                        "to the tenant context)",
+                    )
+                elif not self.tenant_expression.search(expression):
+                    self.add(
+                        "policy_not_tenant",
+                        obj,
+                        f"{kind} policy {clause} ({expression}) does not refer to the tenant "
+                        f"context (pattern {self.tenant_expression.pattern!r})",
+                        f"make the {clause} predicate compare the tenant column with the "
+                        "tenant context, or drop the policy",
+                    )
+
+    # -- the service role
+
+    def check_role(self) -> None:
+        role = self.rows(
+            "select rolsuper, rolbypassrls, rolcreaterole from pg_roles where rolname = %s",
+            [self.app_role],
+        )
+        obj = f"role {_ident(self.app_role)}"
+        if not role:
+            self.add(
+                "role_missing",
+                obj,
+                "the service role does not exist, so its rights cannot be checked",
+                "pass the role the services connect as with --app-role",
+            )
+            return
+        self.role_exists = True
+        superuser, bypassrls, createrole = role[0]
+        if superuser:
+            self.add(
+                "role_superuser",
+                obj,
+                "the service role is a superuser: row level security does not apply to it",
+                f"ALTER ROLE {_ident(self.app_role)} NOSUPERUSER;",
+            )
+        if bypassrls:
+            self.add(
+                "role_bypassrls",
+                obj,
+                "the service role has BYPASSRLS: every policy is skipped",
+                f"ALTER ROLE {_ident(self.app_role)} NOBYPASSRLS;",
+            )
+        if createrole:
+            self.add(
+                "role_createrole",
+                obj,
+                "the service role has CREATEROLE: it can grant itself membership in "
+                "the owner's role and act as it",
+                f"ALTER ROLE {_ident(self.app_role)} NOCREATEROLE;",
+            )
+        owners = {
+            owner
+            for (owner,) in self.rows(
+                "select distinct pg_get_userbyid(owner) from ("
+                " select nspowner as owner from pg_namespace where nspname = %(s)s"
+                " union all select c.relowner from pg_class c join pg_namespace n"
+                "  on n.oid = c.relnamespace where n.nspname = %(s)s"
+                " union all select p.proowner from pg_proc p join pg_namespace n"
+                "  on n.oid = p.pronamespace where n.nspname = %(s)s) o",
+                {"s": self.schema},
+            )
+        }
+        memberships = self.rows(
+            "select r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole from pg_roles r"
+            " where r.rolname <> %(role)s and pg_has_role(%(role)s, r.oid, 'MEMBER')",
+            {"role": self.app_role},
+        )
+        for name, r_super, r_bypass, r_create, *_ in memberships:
+            reasons = []
+            if r_super:
+                reasons.append("a superuser")
+            if r_bypass:
+                reasons.append("has BYPASSRLS")
+            if r_create:
+                reasons.append("has CREATEROLE")
+            if name in owners:
+                reasons.append(f"owns objects in schema {self.schema}")
+            if name in BROAD_PREDEFINED_ROLES:
+                reasons.append("reads or writes every table regardless of grants")
+            if name == "pg_database_owner":
+                continue  # reported as role_owns (the database) below
+            if reasons:
+                self.add(
+                    "role_member",
+                    obj,
+                    f"the service role is a member of {_ident(name)}, which "
+                    f"{' and '.join(reasons)}: SET ROLE {_ident(name)} gets around isolation",
+                    f"REVOKE {_ident(name)} FROM {_ident(self.app_role)};",
+                )
+        owned = self.rows(
+            "select kind, name from ("
+            " select 'schema' as kind, nspname::text as name from pg_namespace"
+            "  where nspname = %(s)s and nspowner = %(role)s::regrole"
+            " union all select case c.relkind when 'r' then 'table' when 'p' then 'table'"
+            "  when 'v' then 'view' when 'm' then 'materialized view' when 'S' then 'sequence'"
+            "  else 'relation' end, n.nspname || '.' || c.relname from pg_class c"
+            "  join pg_namespace n on n.oid = c.relnamespace"
+            "  where n.nspname = %(s)s and c.relowner = %(role)s::regrole"
+            "   and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')"
+            " union all select 'function', n.nspname || '.' || p.proname from pg_proc p"
+            "  join pg_namespace n on n.oid = p.pronamespace"
+            "  where n.nspname = %(s)s and p.proowner = %(role)s::regrole"
+            " union all select 'database', datname::text from pg_database"
+            "  where datname = current_database() and datdba = %(role)s::regrole"
+            ") o order by kind, name",
+            {"s": self.schema, "role": self.app_role},
+        )
+        for kind, name in owned:
+            self.add(
+                "role_owns",
+                f"{kind} {name}",
+                f"owned by the service role {self.app_role}: an owner is exempt from "
+                "non-forced RLS and can change or drop the policies",
+                f"ALTER {kind.upper()} {name} OWNER TO <the migration owner role>;",
+            )
+
+    # -- functions
+
+    def check_functions(self) -> None:
+        functions = self.rows(
+            "select p.oid, p.oid::regprocedure::text, pg_get_userbyid(p.proowner),"
+            " o.rolsuper or o.rolbypassrls, p.proconfig,"
+            " coalesce(p.proacl is null or exists (select 1 from aclexplode(p.proacl) a"
+            "   where a.grantee = 0 and a.privilege_type = 'EXECUTE'), false)"
+            " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+            " join pg_roles o on o.oid = p.proowner"
+            " where n.nspname = %s and p.prosecdef order by 2",
+            [self.schema],
+        )
+        writable = {
+            name
+            for (name,) in self.rows(
+                "select nspname from pg_namespace where has_schema_privilege(%s, oid, 'CREATE')"
+                " or nspname = 'public'",
+                [self.app_role if self.role_exists else "public"],
+            )
+        }
+        for oid, signature, owner, owner_bypasses, config, public_execute in functions:
+            obj = f"function {signature}"
+            search_path = _search_path(config or [])
+            if search_path is None:
+                self.add(
+                    "definer_search_path",
+                    obj,
+                    f"SECURITY DEFINER (runs as {owner}) without a pinned search_path: "
+                    "the caller can put objects of its own in front of the ones it means",
+                    f"ALTER FUNCTION {signature} SET search_path = pg_catalog, pg_temp;",
+                )
+            else:
+                risky = [
+                    s
+                    for s in search_path
+                    if s in writable or s == "$user" or (s != "pg_temp" and s.startswith("pg_temp"))
+                ]
+                if risky or (search_path and search_path[0] == "pg_temp"):
+                    self.add(
+                        "definer_search_path",
+                        obj,
+                        f"SECURITY DEFINER search_path {', '.join(search_path)} contains "
+                        f"{', '.join(risky) or 'pg_temp first'}, where the caller can create "
+                        "objects",
+                        f"ALTER FUNCTION {signature} SET search_path = pg_catalog, pg_temp;",
+                    )
+            if public_execute:
+                self.add(
+                    "definer_public",
+                    obj,
+                    f"SECURITY DEFINER (runs as {owner}) and executable by PUBLIC: every "
+                    "role that can connect gets its owner's rights through it",
+                    f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC; then GRANT EXECUTE "
+                    "to the roles that need it",
+                )
+            if self.role_exists and self.rows(
+                "select 1 where has_function_privilege(%s, %s::oid, 'EXECUTE')",
+                [self.app_role, oid],
+            ):
+                bypass = " (which bypasses RLS)" if owner_bypasses else ""
+                self.add(
+                    "definer_executable",
+                    obj,
+                    f"the service role can execute it; it runs as {owner}{bypass}: make sure "
+                    "it cannot return or change another tenant's rows for any argument",
+                    "review its body; revoke EXECUTE from the service role if it does not need it",
+                    severity=NOTE,
+                )
+        triggers = self.rows(
+            "select distinct t.tgfoid::regprocedure::text, c.relname, pg_get_userbyid(p.proowner)"
+            " from pg_trigger t join pg_class c on c.oid = t.tgrelid"
+            " join pg_namespace n on n.oid = c.relnamespace join pg_proc p on p.oid = t.tgfoid"
+            " where n.nspname = %s and not t.tgisinternal and p.prosecdef order by 1, 2",
+            [self.schema],
+        )
+        for signature, table, owner in triggers:
+            self.add(
+                "trigger_definer",
+                f"function {signature} (trigger on {self.q(table)})",
+                f"the trigger function is SECURITY DEFINER (runs as {owner}): rows it writes "
+                "(audit rows) skip the caller's RLS and can land in any clinic",
+                f"ALTER FUNCTION {signature} SECURITY INVOKER;",
+            )
+
+    # -- views
+
+    def check_views(self) -> None:
+        views = self.rows(
+            "select c.relname, c.relkind, coalesce(c.reloptions, '{}') from pg_class c"
+            " join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = %s and c.relkind in ('v', 'm') order by c.relname",
+            [self.schema],
+        )
+        for name, kind, options in views:
+            qualified = self.q(name)
+            if kind == "m":
+                self.add(
+                    "materialized_view",
+                    f"materialized view {qualified}",
+                    "a materialized view holds a copy of the rows with no row level security",
+                    f"DROP MATERIALIZED VIEW {qualified}; (use a security_invoker view)",
+                )
+                continue
+            settings = dict(option.split("=", 1) for option in options if "=" in option)
+            if settings.get("security_invoker", "false").lower() not in ("true", "on", "1", "yes"):
+                self.add(
+                    "view_security_invoker",
+                    f"view {qualified}",
+                    "the view runs with its owner's rights: the owner's RLS (or none) "
+                    "applies, not the caller's",
+                    f"ALTER VIEW {qualified} SET (security_invoker = true);",
+                )
+
+    # -- grants
+
+    def check_grants(self) -> None:
+        relations = self.rows(
+            "select c.oid, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+            " where n.nspname = %s and c.relkind in ('r', 'p', 'v', 'm', 'f') order by c.relname",
+            [self.schema],
+        )
+        for oid, name in relations:
+            granted = [
+                privilege
+                for privilege in DANGEROUS_PRIVILEGES
+                if self.rows(
+                    "select 1 where has_table_privilege(%(role)s, %(oid)s::oid, %(p)s)"
+                    " or (%(p)s = 'REFERENCES'"
+                    "     and has_any_column_privilege(%(role)s, %(oid)s::oid, %(p)s))",
+                    {"role": self.app_role, "oid": oid, "p": privilege},
+                )
+            ]
+            for privilege in granted:
+                self.add(
+                    "dangerous_grant",
+                    f"table {self.q(name)}",
+                    f"the service role has {privilege}, which acts outside row level "
+                    "security (TRUNCATE empties every tenant; REFERENCES probes other "
+                    "tenants' keys; TRIGGER runs code on their rows)",
+                    f"REVOKE {privilege} ON {self.q(name)} FROM {_ident(self.app_role)};"
+                    " (and from PUBLIC)",
+                )
+
+    # -- foreign keys
+
+    def check_foreign_keys(self) -> None:
+        keys = self.rows(
+            "select con.conname, src.relname, dst.relname,"
+            " array(select a.attname from unnest(con.conkey) with ordinality k(n, i)"
+            "  join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.n order by k.i),"
+            " array(select a.attname from unnest(con.confkey) with ordinality k(n, i)"
+            "  join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.n order by k.i)"
+            " from pg_constraint con join pg_class src on src.oid = con.conrelid"
+            " join pg_class dst on dst.oid = con.confrelid"
+            " join pg_namespace n on n.oid = src.relnamespace"
+            " join pg_namespace dn on dn.oid = dst.relnamespace"
+            " where con.contype = 'f' and n.nspname = %(s)s and dn.nspname = %(s)s"
+            " order by 2, 1",
+            {"s": self.schema},
+        )
+        tenant_tables = {
+            name
+            for (name,) in self.rows(
+                "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+                " join pg_attribute a on a.attrelid = c.oid"
+                " where n.nspname = %s and c.relkind in ('r', 'p') and a.attname = %s"
+                " and not a.attisdropped",
+                [self.schema, self.tenant_column],
+            )
+        }
+        for name, source, target, columns, referenced in keys:
+            if source not in tenant_tables and source != self.tenant_root:
+                continue
+            pairs = list(zip(columns, referenced, strict=True))
+            if target == self.tenant_root:
+                if source == self.tenant_root or pairs == [(self.tenant_column, "id")]:
+                    continue
+                ok = (self.tenant_column, "id") in pairs
+            elif target in tenant_tables:
+                ok = (self.tenant_column, self.tenant_column) in pairs
+            else:
+                continue
+            if not ok:
+                self.add(
+                    "fk_without_tenant",
+                    f"foreign key {_ident(name)} on {self.q(source)}",
+                    f"({', '.join(columns)}) -> {self.q(target)} ({', '.join(referenced)}) "
+                    f"leaves out {self.tenant_column}: FK checks run without RLS, so a row can "
+                    "point at (and probe for) another clinic's row",
+                    f"reference {self.q(target)} ({self.tenant_column}, ...) from "
+                    f"({self.tenant_column}, ...), with a UNIQUE ({self.tenant_column}, id) "
+                    "on the target",
+                )
+
+
+# --------------------------------------------------------------------------- helpers
+
+_TRUE_FORMS = re.compile(r"^(true|\d+\s*=\s*\d+|'(\w*)'::text\s*=\s*'\2'::text|not\s+false)$", re.I)
+
+
+def _always_true(expression: str) -> bool:
+    """Whether a policy expression (as ``pg_get_expr`` prints it) is a constant truth."""
+    text = expression.strip()
+    while text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
+        text = text[1:-1].strip()
+    if not _TRUE_FORMS.match(text):
+        return False
+    match = re.match(r"^(\d+)\s*=\s*(\d+)$", text)
+    return match is None or match.group(1) == match.group(2)
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _search_path(config: Sequence[str]) -> list[str] | None:
+    for item in config:
+        key, _, value = item.partition("=")
+        if key.strip().lower() == "search_path":
+            return [part.strip().strip('"') for part in value.split(",") if part.strip()]
+    return None
+
+
+def _ident(name: str) -> str:
+    return name if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser(prog: str = "atendeai lint-rls") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Check a live database's row level security setup (DESIGN.md section 7) "
+        "and print every finding with the fix. Exits 1 when there are errors.",
+    )
+    parser.add_argument("--dsn", required=True, help="database to check (any role that can read")
+    parser.add_argument(
+        "--app-role", default=DEFAULT_APP_ROLE, help=f"the services' role ({DEFAULT_APP_ROLE})"
+    )
+    parser.add_argument(
+        "--schema", default=DEFAULT_SCHEMA, help=f"tenant schema ({DEFAULT_SCHEMA})"
+    )
+    parser.add_argument(
+        "--tenant-column", default=DEFAULT_TENANT_COLUMN, help="the column naming a row's tenant"
+    )
+    parser.add_argument(
+        "--tenant-root", default=DEFAULT_TENANT_ROOT, help="the table of tenants (its id)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``atendeai lint-rls``: 0 clean, 1 findings of severity error, 2 could not run."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = lint_database(
+            args.dsn,
+            app_role=args.app_role,
+            schema=args.schema,
+            tenant_column=args.tenant_column,
+            tenant_root=args.tenant_root,
+        )
+    except LintError as error:
+        print(f"rls-lint: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.render())
+    return 0 if report.ok else 1
+
+
+__all__ = [
+    "ERROR",
+    "NOTE",
+    "Finding",
+    "LintError",
+    "LintReport",
+    "lint_database",
+    "main",
+    "redact_dsn",
+    "server_version_findings",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
