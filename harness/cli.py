@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from harness.argtypes import env_pair, positive_number
 from harness.exceptions import ConfigurationError, HarnessError
 from harness.stack import Stack
 
@@ -35,23 +36,6 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_START_FAILED = 2
 EXIT_INTERRUPTED = 130
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
-    return value
-
-
-def _env_pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip() or any(c.isspace() for c in name):
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
-    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,14 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--startup-timeout",
-        type=_positive_seconds,
+        type=positive_number,
         default=30.0,
         metavar="SECONDS",
         help="how long each component may take to become ready (default: 30)",
     )
     up.add_argument(
         "--service-env",
-        type=_env_pair,
+        type=env_pair,
         action="append",
         default=[],
         metavar="NAME=VALUE",

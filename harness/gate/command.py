@@ -6,28 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.argtypes import env_pair, positive_number
 from harness.exceptions import ConfigurationError
 from harness.slo import DEFAULT_SLO_FILE
 from loadtests.profiles import PROFILES
 
 PROVIDERS = ("local", "containers", "external")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
-    return value
-
-
-def _env_pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip() or any(c.isspace() for c in name):
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
-    return name, value
 
 
 def add_parser(commands) -> None:
@@ -48,7 +32,7 @@ def add_parser(commands) -> None:
     gate.add_argument("--reports-dir", type=Path, default=Path("reports"), metavar="DIR")
     gate.add_argument(
         "--profile-scale",
-        type=_positive_float,
+        type=positive_number,
         default=1.0,
         metavar="X",
         help="multiply every duration of the profile (0.25 = a quarter-length rehearsal)",
@@ -58,7 +42,7 @@ def add_parser(commands) -> None:
     )
     gate.add_argument(
         "--arrival-rate",
-        type=_positive_float,
+        type=positive_number,
         default=None,
         metavar="RPS",
         help="open model: start RPS requests per second whatever the answers' speed",
@@ -79,7 +63,7 @@ def add_parser(commands) -> None:
     )
     gate.add_argument(
         "--service-env",
-        type=_env_pair,
+        type=env_pair,
         action="append",
         default=[],
         metavar="NAME=VALUE",
