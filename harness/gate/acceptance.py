@@ -130,7 +130,10 @@ CRITERIA: tuple[Criterion, ...] = (
     Criterion(
         "monitoring", "Alertas configurados",
         "alert rules pass promtool tests and fire live",
-        suites=("contract_tests/observability/test_obs_alert*.py",),
+        suites=(
+            "contract_tests/observability/test_obs_alert*.py",
+            "contract_tests/observability/test_obs_promtool.py",
+        ),
     ),
     Criterion(
         "monitoring", "Health checks ativos",
