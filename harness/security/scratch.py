@@ -19,9 +19,9 @@ import itertools
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from harness.processes import StartedResource
 from harness.providers.postgres import LocalPostgres
 
 TEMPLATE_DATABASE = "atendeai_template"
@@ -48,7 +48,7 @@ class ScratchDatabase:
                 conn.execute(statement.encode())
 
 
-class ScratchCluster:
+class ScratchCluster(StartedResource):
     """A context manager: a PostgreSQL 15 cluster with the platform's roles.
 
     ``database()`` returns a fresh, fully migrated database each call.
@@ -62,29 +62,19 @@ class ScratchCluster:
         self.app_password = "scratch-" + secrets.token_urlsafe(16)
         self._counter = itertools.count(1)
 
-    def __enter__(self) -> Self:
+    def _start(self) -> None:
         from system_under_test.migrate import apply_migrations, bootstrap
 
         self._postgres.__enter__()
-        try:
-            bootstrap(
-                self._postgres.superuser_dsn,
-                database=TEMPLATE_DATABASE,
-                owner_password=self.owner_password,
-                app_password=self.app_password,
-            )
-            apply_migrations(self._dsn(TEMPLATE_DATABASE, OWNER_ROLE))
-        except BaseException:
-            self._postgres.stop()
-            raise
-        return self
+        bootstrap(
+            self._postgres.superuser_dsn,
+            database=TEMPLATE_DATABASE,
+            owner_password=self.owner_password,
+            app_password=self.app_password,
+        )
+        apply_migrations(self._dsn(TEMPLATE_DATABASE, OWNER_ROLE))
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._postgres.stop()
 
     @property
