@@ -2,7 +2,8 @@
 
 - ``ManagedProcess``: a context manager around one subprocess whose output goes
   to a log file; ``stop()`` asks politely (SIGTERM, or the signal you name) and
-  kills the whole process group after a grace period.
+  kills the whole process group after a grace period; ``kill()`` is ``kill -9``
+  at once and ``restart()`` starts the same command again (the recovery drill).
 - ``wait_until``: poll a check with a deadline; on timeout the error says what
   was awaited and the last evidence seen.
 - ``free_port`` / ``retry_on_bind_failure``: pick a free loopback port, and try
@@ -355,6 +356,38 @@ class ManagedProcess:
             os.killpg(popen.pid, signal.SIGKILL)
         return popen.returncode
 
+    def kill(self) -> int | None:
+        """``kill -9`` the process and every descendant at once, as ``docker kill``
+        does to a container: no polite signal first. Waits for the process; returns
+        the pid that was killed (``None`` when it was not running).
+
+        Descendants are found through ``/proc``, not the process group: PostgreSQL's
+        backends each call ``setsid()``, and orphans would keep its shared memory.
+        The process is stopped (SIGSTOP) first, so it forks nothing while we look.
+        """
+        popen = self._popen
+        if popen is None or popen.poll() is not None:
+            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(popen.pid, signal.SIGSTOP)
+        for pid in descendants(popen.pid):  # first, so none outlives it and reacts
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        return popen.pid
+
+    def restart(self) -> Self:
+        """Start the same command again (same port, environment and log file) once
+        the process has exited or been killed; a supervisor's restart."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is still running (pid {self.pid}): stop it first")
+        if self._popen is not None:
+            self.stop()  # reap it and any leftover children of its group
+        self._popen = None
+        return self.start()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -418,6 +451,28 @@ class ManagedProcess:
         return f"<ManagedProcess {self.name} {state}>"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, their children...), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces and parentheses: parse after the last ')'
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = list(children.get(pid, ()))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children.get(child, ()))
+    return found
+
+
 def run_checked(
     name: str,
     command: Sequence[str],
@@ -446,6 +501,7 @@ __all__ = [
     "LOOPBACK",
     "ManagedProcess",
     "OsUser",
+    "descendants",
     "free_port",
     "free_ports",
     "retry_on_bind_failure",

@@ -26,6 +26,7 @@ class Profile:
     step_users: int = 0
     step_s: float = 0
     max_users: int = 0
+    step_spawn_rate: float = 10.0
     p95_limit_ms: float = 200.0
 
     @property
@@ -51,6 +52,7 @@ class Profile:
             self.step_users,
             self.step_s * scale,
             self.max_users,
+            self.step_spawn_rate,
             self.p95_limit_ms,
         )
 
@@ -59,7 +61,7 @@ class Profile:
         if self.step_users:
             step = int(run_time_s // self.step_s) + 1
             users = step * self.step_users
-            return None if users > self.max_users else (users, float(self.step_users))
+            return None if users > self.max_users else (users, self.step_spawn_rate)
         for stage in self.stages:
             if run_time_s < stage.until_s:
                 return stage.users, stage.spawn_rate
@@ -76,8 +78,8 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "sla",
-            "the spec's 1000 concurrent users: ramp at 10/s, hold 3 minutes",
-            (Stage(100, 1000, 10), Stage(280, 1000, 10)),
+            "the spec's 1000 concurrent users: ramp at 5/s, hold 3 minutes",
+            (Stage(200, 1000, 5), Stage(380, 1000, 5)),
         ),
         Profile(
             "spike",
@@ -91,10 +93,10 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "capacity",
-            "+500 users a minute up to 6000 until p95 breaks 200 ms",
+            "+500 users (at 10/s) every 90 s up to 6000, until p95 breaks 200 ms",
             (),
             step_users=500,
-            step_s=60,
+            step_s=90,
             max_users=6000,
         ),
     )

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+import uvloop
 from aiohttp import web
 
 from system_under_test import DEFAULT_PORTS, SERVICES
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=port,
         access_log=None,
+        loop=uvloop.new_event_loop(),  # measured: less CPU per request than asyncio's loop
         print=lambda msg: logging.getLogger("atendeai").info(msg.strip()),
     )
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from system_under_test import SERVICES, metrics
 from system_under_test.config import Settings
@@ -199,7 +199,16 @@ def create_app(service: str, settings: Settings) -> web.Application:
         db=Database(
             settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         ),
-        redis=Redis.from_url(settings.redis_url, decode_responses=True),
+        # Blocking: a burst waits up to 5 s for a free connection instead of
+        # failing with MaxConnectionsError (the default pool's answer past 100).
+        redis=Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=settings.redis_pool_max,
+                timeout=5,
+                decode_responses=True,
+            )
+        ),
         signer=TokenSigner(
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,

@@ -100,6 +100,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 10
+    redis_pool_max: int = 50
     clinic_cache_ttl_seconds: int = 300
     service_urls: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
@@ -187,6 +188,7 @@ class Settings:
             max_body_bytes=integer("ATENDEAI_MAX_BODY_BYTES", cls.max_body_bytes),
             db_pool_min=integer("ATENDEAI_DB_POOL_MIN", cls.db_pool_min),
             db_pool_max=integer("ATENDEAI_DB_POOL_MAX", cls.db_pool_max),
+            redis_pool_max=integer("ATENDEAI_REDIS_POOL_MAX", cls.redis_pool_max),
             clinic_cache_ttl_seconds=integer(
                 "ATENDEAI_CLINIC_CACHE_TTL_SECONDS", cls.clinic_cache_ttl_seconds
             ),

@@ -20,7 +20,8 @@ def add_parser(commands) -> None:
         help="the release gate: suites, a load profile, SLOs from Prometheus, a go/no-go report",
         description="Bring the stack up, run the pytest suites, run a Locust load profile "
         "through HAProxy, read every SLO back from Prometheus over exactly the load window, "
-        "and write reports/<run-id>/ (report.html, report.json, junit.xml, summary.md). "
+        "run the recovery drill (kill -9, restart, time the way back), and write "
+        "reports/<run-id>/ (report.html, report.json, junit.xml, summary.md). "
         "Exit 0 go, 1 no-go, 2 a broken run.",
     )
     gate.add_argument("--profile", choices=sorted(PROFILES), default="sla")
@@ -48,6 +49,12 @@ def add_parser(commands) -> None:
         help="open model: start RPS requests per second whatever the answers' speed",
     )
     gate.add_argument("--no-suites", action="store_true", help="skip the pytest suites")
+    gate.add_argument(
+        "--no-recovery-drill",
+        action="store_true",
+        help="skip the recovery drill (kill -9 of a service instance and of PostgreSQL after "
+        "the load, timed until the platform serves again)",
+    )
     gate.add_argument(
         "--suite-arg",
         action="append",
@@ -86,6 +93,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             processes=args.processes,
             arrival_rate=args.arrival_rate or 0.0,
             run_suites=not args.no_suites,
+            recovery_drill=not args.no_recovery_drill,
             suite_args=tuple(args.suite_arg),
             baseline=args.baseline,
             service_env=tuple(args.service_env),

@@ -2,7 +2,7 @@
 
 - ``report.html`` for a person: the verdict first, then every objective with
   value, threshold, margin and query; the cross-check; plots over time; the
-  acceptance criteria; the suites;
+  recovery drill's steps; the acceptance criteria; the suites;
 - ``report.json`` for machines; ``junit.xml`` for CI; ``summary.md`` for a
   pull request comment.
 
@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.gate.acceptance import CriterionStatus
+from harness.gate.recovery import DrillStatus, DrillStep, RecoveryResult
 from harness.gate.result import GateResult, Series, plain
 from harness.slo import ObjectiveResult, Status, Verdict
 
@@ -89,7 +90,17 @@ def _headline(result: GateResult) -> str:
         text += f": {', '.join(failed)} broke"
     if warnings:
         text += f" ({warnings} warning{'s' if warnings > 1 else ''})"
+    if result.recovery is not None and result.recovery.status is DrillStatus.FAIL:
+        text += "; the recovery drill failed"
     return text
+
+
+def _seconds(step: DrillStep) -> str:
+    return "not recovered" if step.seconds is None else f"{step.seconds:.1f} s"
+
+
+def _drill_line(drill: RecoveryResult) -> str:
+    return f"Recovery drill: {drill.status.value}, {drill.reason}."
 
 
 # --- Markdown ------------------------------------------------------------------
@@ -130,6 +141,14 @@ def render_markdown(result: GateResult) -> str:
             f"Suites: {s.count('passed')} passed, {s.count('failed')} failed, "
             f"{s.count('error')} errors, {s.count('skipped')} skipped.",
         ]
+    if result.recovery is not None:
+        lines += ["", _drill_line(result.recovery)]
+        if result.recovery.steps:
+            lines += ["", "| step | fault | recovered after |", "| --- | --- | --- |"]
+            lines += [
+                f"| {step.name} | {step.fault} | {_seconds(step)} |"
+                for step in result.recovery.steps
+            ]
     lines += ["", "| criterion | status |", "| --- | --- |"]
     for c in result.acceptance:
         lines.append(f"| {c.criterion.spec_text} | {c.status.value} |")
@@ -182,8 +201,33 @@ def render_junit(result: GateResult) -> str:
             ET.SubElement(case, "skipped", message="not verifiable here").text = evidence
     acceptance.set("failures", str(failed))
     acceptance.set("skipped", str(skipped))
+    if result.recovery is not None:
+        _junit_recovery(root, result.recovery)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _junit_recovery(root: ET.Element, drill: RecoveryResult) -> None:
+    """One test case per step of the drill; a single skipped one when it could not run."""
+    suite = ET.SubElement(root, "testsuite", name="recovery")
+    if drill.status is DrillStatus.NOT_VERIFIABLE:
+        case = ET.SubElement(suite, "testcase", classname="recovery", name="recovery drill")
+        ET.SubElement(case, "skipped", message="not verifiable here").text = drill.reason
+        suite.set("tests", "1")
+        suite.set("skipped", "1")
+        return
+    steps = drill.steps or (DrillStep("recovery drill", "none injected", False, None),)
+    failures = 0
+    for step in steps:
+        case = ET.SubElement(suite, "testcase", classname="recovery", name=step.name)
+        if step.seconds is not None:
+            case.set("time", f"{step.seconds:.3f}")
+        if not step.recovered or (step.seconds or 0) >= drill.threshold_s:
+            failures += 1
+            message = drill.reason if not drill.steps else f"{step.fault}: {_seconds(step)}"
+            ET.SubElement(case, "failure", message=message).text = "\n".join(step.evidence)
+    suite.set("tests", str(len(steps)))
+    suite.set("failures", str(failures))
 
 
 # --- HTML ----------------------------------------------------------------------
@@ -323,6 +367,26 @@ def render_html(result: GateResult) -> str:
             + " · ".join(f"{e(k)}: {_num(v)} MB" for k, v in result.memory_mb.items())
             + "</p>"
         )
+    if result.recovery is not None:
+        drill = result.recovery
+        sections += [
+            "<h2>Recovery drill</h2>",
+            f"<p>{_badge(drill.status.value)} {e(drill.reason)} "
+            f"(threshold: under {drill.threshold_s:.0f} s per step).</p>",
+        ]
+        if drill.steps:
+            sections.append(
+                _table(
+                    ["step", "fault", "recovered after", "evidence"],
+                    [
+                        [e(step.name), e(step.fault), _badge("PASS" if step.recovered else "FAIL")
+                         + " " + e(_seconds(step)),
+                         "<br>".join(f"<pre>{e(x)}</pre>" if "\n" in x else e(x)
+                                     for x in step.evidence)]
+                        for step in drill.steps
+                    ],
+                )
+            )  # fmt: skip
     sections += [
         "<h2>Acceptance criteria of the spec</h2>",
         _table(

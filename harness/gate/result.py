@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.gate.acceptance import CriterionResult
 from harness.gate.crosscheck import CrossCheck
+from harness.gate.recovery import RecoveryResult
 from harness.gate.suites import SuiteResults
 from harness.loadrun import ClientFigures
 from harness.slo import ObjectiveResult, Verdict
@@ -37,13 +38,14 @@ class GateResult:
     notes: tuple[str, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
     baseline_from: str | None = None
+    recovery: RecoveryResult | None = None  # the recovery drill (None: not part of this run)
 
 
 def plain(value: Any) -> Any:
     """JSON-ready data from dataclasses, enums, paths and tuples."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         data = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        for name in ("label", "users_peak", "duration_s", "difference"):
+        for name in ("label", "users_peak", "duration_s", "difference", "recovery_s"):
             if hasattr(type(value), name) and isinstance(getattr(type(value), name), property):
                 data[name] = plain(getattr(value, name))
         return data

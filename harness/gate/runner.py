@@ -1,4 +1,4 @@
-"""One gate run, wired together: stack → suites → load → SLOs → reports.
+"""One gate run, wired together: stack → suites → load → SLOs → recovery drill → reports.
 
 Exit codes: 0 go, 1 no-go, 2 a broken run (bad SLO file, the stack or the
 load generator failed): a broken run never pretends to be a verdict.
@@ -22,6 +22,7 @@ from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.crosscheck import cross_check
 from harness.gate.memory import PeakMemory, megabytes, stack_pids, tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader, QueryError
+from harness.gate.recovery import DrillStatus, RecoveryResult, Supervisor, run_recovery_drill
 from harness.gate.report import format_value, write_reports
 from harness.gate.result import GateResult
 from harness.gate.suites import SuiteResults, run_suites
@@ -68,6 +69,7 @@ class GateConfig:
     processes: int = 1
     arrival_rate: float = 0.0
     run_suites: bool = True
+    recovery_drill: bool = True
     suite_args: tuple[str, ...] = ()
     baseline: str = "auto"  # "auto" (last passing run of this profile), "none", or a report.json
     service_env: tuple[tuple[str, str], ...] = field(default=())
@@ -159,20 +161,22 @@ class GateRun:
         self._say_summary(result, paths)
         return EXIT_GO if result.verdict is Verdict.GO else EXIT_NO_GO
 
-    def _stack(self, resources: ExitStack) -> Stack:
+    def _stack(self, resources: ExitStack) -> tuple[Stack, Supervisor | None]:
+        """The stack, and the supervisor that can kill and restart its parts (local only)."""
         from harness.providers import get_provider
 
         provider = get_provider(self.config.provider)
         if self.config.provider == "external":
-            return resources.enter_context(provider(self.config.stack_json))
-        from harness.providers.local import LocalStackConfig
+            return resources.enter_context(provider(self.config.stack_json)), None
+        from harness.providers.local import LocalStackConfig, supervised_local_stack
 
         env = (
             # tokens that expire during the run, so refreshes are part of the load
             ("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"),
             *self.config.service_env,
         )
-        return resources.enter_context(provider(LocalStackConfig(service_env=env)))
+        control = resources.enter_context(supervised_local_stack(LocalStackConfig(service_env=env)))
+        return control.stack, control
 
     def _run(self, slo: SloFile) -> GateResult:
         timings: dict[str, float] = {}
@@ -181,7 +185,7 @@ class GateRun:
         self.progress(f"run {self.run_id}: reports in {self.out_dir}")
         with ExitStack() as resources:
             started = time.monotonic()
-            stack = self._stack(resources)
+            stack, supervisor = self._stack(resources)
             timings["stack start"] = time.monotonic() - started
             secrets_dir = Path(resources.enter_context(tempfile.TemporaryDirectory()))
             stack_json = secrets_dir / "stack.json"
@@ -249,17 +253,29 @@ class GateRun:
             if not pids:
                 notes.append("memory not measured: the provider did not start the processes")
 
+            # last: it breaks the stack on purpose, after every figure has been read
+            started = time.monotonic()
+            recovery = self._recovery_drill(stack, supervisor)
+            timings["recovery drill"] = time.monotonic() - started
+
+        drill_failed = recovery.status is DrillStatus.FAIL
+        if drill_failed:
+            notes.append(f"the recovery drill failed: the verdict is no-go ({recovery.reason})")
         return GateResult(
             run_id=self.run_id,
             profile=self.config.profile,
             provider=self.config.provider,
             load_mode=self.config.load_mode,
-            verdict=verdict(results) if (suites is None or suites.ok) else Verdict.NO_GO,
+            verdict=(
+                Verdict.NO_GO
+                if drill_failed or (suites is not None and not suites.ok)
+                else verdict(results)
+            ),
             window=window,
             objectives=tuple(results),
             queries=queries,
             cross_checks=tuple(cross_check(results, client)),
-            acceptance=tuple(assess(CRITERIA, suites, results)),
+            acceptance=tuple(assess(CRITERIA, suites, results, recovery)),
             suites=suites,
             client=client,
             memory_mb=memory,
@@ -269,7 +285,18 @@ class GateRun:
             + (("the suites failed: the verdict is no-go",) if suites and not suites.ok else ()),
             timings_s=timings,
             baseline_from=baseline_from,
+            recovery=recovery,
         )
+
+    def _recovery_drill(self, stack: Stack, supervisor: Supervisor | None) -> RecoveryResult:
+        if not self.config.recovery_drill:
+            self.progress("recovery drill: skipped (--no-recovery-drill)")
+            return RecoveryResult.not_verifiable("the drill was skipped (--no-recovery-drill)")
+        self.progress(
+            "recovery drill: kill -9 a service instance, then PostgreSQL; "
+            "time until the platform serves again"
+        )
+        return run_recovery_drill(stack, supervisor, progress=self.progress)
 
     def _wait_for_last_scrape(self, reader: PrometheusReader, end: float) -> None:
         """Wait until Prometheus has scraped past the end of the window."""
@@ -337,4 +364,6 @@ class GateRun:
                 f"  {r.status.value:8} {r.objective.name:14} {format_value(r):>12}  "
                 f"({r.objective.comparator} {format_value(r, r.objective.threshold)})"
             )
+        if (drill := result.recovery) is not None:
+            self.progress(f"  recovery drill {drill.status.value}: {drill.reason}")
         self.progress(f"report: {paths['html']}")

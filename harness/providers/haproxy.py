@@ -114,6 +114,8 @@ def render_haproxy_config(
         "    timeout server 30s",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
+        # a busy instance's /ready may take over a second; only a silent one is out
+        "    timeout check 2s",
         f"    default-server check inter {settings.check_interval} "
         f"fall {settings.fall} rise {settings.rise}",
         "",

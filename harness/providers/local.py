@@ -25,6 +25,11 @@ order on exit, and also when a step fails (whatever had started is stopped;
 the run directory is then kept, since the error points at the logs in it).
 Progress lines (component, address, seconds) go to the ``progress`` callback,
 by default to stderr.
+
+``supervised_local_stack(config)`` is the same, but yields a
+``LocalStackControl``: the ``Stack`` plus the supervisor's hold on PostgreSQL
+and the service instances (``kill``, ``restart``, ``evidence``), for the
+recovery drill (``harness.gate.recovery``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,7 @@ from typing import Any
 
 from harness.exceptions import ComponentStartError, ConfigurationError, HarnessError
 from harness.keys import generate_jwt_keys
+from harness.processes import ManagedProcess
 from harness.providers.exporters import (
     LocalPostgresExporter,
     LocalRedisExporter,
@@ -155,11 +161,108 @@ class LocalStackConfig:
                 raise ConfigurationError(f"service_env entry {pair!r} is not a (NAME, value) pair")
 
 
+class LocalStackControl:
+    """A running local stack and the supervisor's hold on its processes.
+
+    What the recovery drill needs to break a component and bring it back, the
+    way Docker's ``restart: unless-stopped`` would. Components are named
+    ``postgres`` and ``<service>-<n>`` (``auth-1``, ``auth-2``...). A restart
+    keeps the port and the data, so the ``Stack`` stays true; the ``*_pid``
+    entries of ``stack.extra`` are those of the first start (``pid()`` is the
+    current one).
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        *,
+        postgres: LocalPostgres,
+        services: Sequence[RunningService],
+        restart_timeout_s: float,
+    ) -> None:
+        self.stack = stack
+        self._postgres = postgres
+        self._services = {service.name: service for service in services}
+        self.restart_timeout_s = restart_timeout_s
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return ("postgres", *self._services)
+
+    def pid(self, component: str) -> int | None:
+        """The pid of the component's running process (``None`` when it is down)."""
+        process = self._process(component)
+        return process.pid if process is not None and process.running else None
+
+    def kill(self, component: str) -> int | None:
+        """``kill -9`` the component's whole process group; the pid killed, or ``None``."""
+        process = self._process(component)
+        return None if process is None else process.kill()
+
+    def restart(self, component: str, *, timeout_s: float | None = None) -> None:
+        """Start the component again (same port, same data) and wait until it is ready.
+
+        Raises ``ComponentStartError`` with its log tail when it does not come back.
+        """
+        timeout = self.restart_timeout_s if timeout_s is None else timeout_s
+        if component == "postgres":
+            self._postgres.restart(timeout_s=timeout)
+        else:
+            self._service(component).restart(timeout_s=timeout)
+
+    def evidence(self, component: str, *, lines: int = 15) -> str:
+        """Where the component listens, its pid and log, and the log's last lines."""
+        if component == "postgres":
+            port, log_path = self._postgres.port, self._postgres.log_path
+        else:
+            service = self._service(component)
+            port, log_path = service.port, service.process.log_path
+        pid = self.pid(component)
+        state = f"pid {pid}" if pid is not None else "not running"
+        tail = _log_tail(log_path, lines) or "(empty)"
+        return (
+            f"{component} on 127.0.0.1:{port} ({state}), log {log_path}; log tail:\n"
+            + "\n".join(f"  | {line}" for line in tail.splitlines())
+        )
+
+    def _process(self, component: str) -> ManagedProcess | None:
+        if component == "postgres":
+            return self._postgres.process
+        return self._service(component).process
+
+    def _service(self, component: str) -> RunningService:
+        try:
+            return self._services[component]
+        except KeyError:
+            known = ", ".join(self.components)
+            raise ConfigurationError(f"no component {component!r} (known: {known})") from None
+
+
+def _log_tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 16 * 1024))
+            text = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 @contextmanager
 def local_stack(
     config: LocalStackConfig | None = None, *, progress: Progress | None = None
 ) -> Iterator[Stack]:
     """Bring the whole stack up as child processes; yield its ``Stack``; tear it down."""
+    with supervised_local_stack(config, progress=progress) as control:
+        yield control.stack
+
+
+@contextmanager
+def supervised_local_stack(
+    config: LocalStackConfig | None = None, *, progress: Progress | None = None
+) -> Iterator[LocalStackControl]:
+    """``local_stack``, yielding the ``LocalStackControl`` that can kill and restart parts."""
     config = LocalStackConfig() if config is None else config
     say = print_progress if progress is None else progress
     started = time.monotonic()
@@ -379,7 +482,12 @@ def local_stack(
         say(f"stack ready in {cold_start:.2f} s")
         resources.callback(say, "stopping the stack")
         outcome["started"] = True
-        yield stack
+        yield LocalStackControl(
+            stack,
+            postgres=postgres,
+            services=services,
+            restart_timeout_s=config.startup_timeout_s,
+        )
 
 
 def _line(component: str, where: str, since: float) -> str:
@@ -509,9 +617,11 @@ def _service_base_env(
 
 __all__ = [
     "LocalStackConfig",
+    "LocalStackControl",
     "Progress",
     "default_cache_dir",
     "generate_password",
     "local_stack",
     "print_progress",
+    "supervised_local_stack",
 ]

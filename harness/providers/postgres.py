@@ -5,7 +5,9 @@
 starts ``postgres`` on a free loopback port with its unix socket in the same
 directory, waits until it answers a query, and sets a fresh superuser
 password. On exit it asks for a fast shutdown (SIGINT) and removes the
-directory if it made it.
+directory if it made it. ``restart()`` starts the server again on the same data
+directory and port after it died (crash recovery replays the WAL), as a
+supervisor would.
 
 It is a test database: fsync and full-page writes are off, synchronous commit
 is off and ``shared_buffers`` is modest. ``initdb`` runs once per machine and
@@ -166,6 +168,7 @@ class LocalPostgres(StartedResource):
         self.password = secrets.token_urlsafe(24)
         self.bin_dir: Path | None = None
         self.process: ManagedProcess | None = None
+        self._run_as: OsUser | None = None
         self.startup_seconds: float | None = None
 
     # -- paths and addresses
@@ -210,7 +213,7 @@ class LocalPostgres(StartedResource):
 
     def _start(self) -> None:
         self.bin_dir = find_bin_dir(self._bin_dir_arg)
-        run_as = self._os_user()
+        run_as = self._run_as = self._os_user()
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="atendeai-postgres-"))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -291,9 +294,13 @@ class LocalPostgres(StartedResource):
             f"writable by the {run_as.name!r} OS user",
         )
 
-    def _launch(self, run_as: OsUser) -> None:
+    def _launch(
+        self, run_as: OsUser, *, port: int | None = None, timeout_s: float | None = None
+    ) -> None:
+        """Start the server on ``port`` (a free one when ``None``) and wait until it answers."""
         assert self.bin_dir is not None
-        port = free_port(self.host)
+        port = free_port(self.host) if port is None else port
+        timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
         process = ManagedProcess(
             "postgres",
             [
@@ -330,7 +337,7 @@ class LocalPostgres(StartedResource):
         try:
             wait_until(
                 self._ready_check(process),
-                timeout=self.startup_timeout_s,
+                timeout=timeout_s,
                 interval=0.05,
                 what=f"postgres to accept connections on {self.host}:{port}",
                 retry_on=(_operational_error(),),
@@ -375,6 +382,20 @@ class LocalPostgres(StartedResource):
                     sql.Identifier(SUPERUSER), sql.Literal(self.password)
                 )
             )
+
+    def restart(self, *, timeout_s: float | None = None) -> None:
+        """Start the server again on the same data directory and port, and wait until
+        it answers a query; kills it first (``kill -9``) if it is still running.
+
+        Raises ``ComponentStartError`` (command, port, log tail) when it does not
+        come back within ``timeout_s`` (default: the startup timeout).
+        """
+        if self._run_as is None or self.port is None:
+            raise RuntimeError("LocalPostgres has not been started")
+        if self.process is not None:
+            self.process.kill()
+            self.process.stop()  # reap it; backends left in its group are killed too
+        self._launch(self._run_as, port=self.port, timeout_s=timeout_s)
 
     def stop(self) -> None:
         """Fast shutdown; then remove the directory if this object made it."""

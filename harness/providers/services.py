@@ -65,6 +65,13 @@ class RunningService:
         assert self.process.port is not None
         return self.process.port
 
+    def restart(self, *, timeout_s: float = 30.0) -> None:
+        """Start this instance again on the same port (killing it first if it still
+        runs) and wait until it answers ``GET /ready``; a supervisor's restart."""
+        self.process.kill()
+        self.process.restart()
+        wait_ready(self.process, self.url, deadline=time.monotonic() + timeout_s)
+
 
 class NotReadyYet(Exception):
     """``GET /ready`` answered, but not 200 (transient while the service warms up)."""
