@@ -187,3 +187,57 @@ def test_read_locust_csv(tmp_path):
 def test_tree_rss_counts_this_process_and_nothing_for_dead_pids():
     assert tree_rss_bytes([os.getpid()]) > 10 * 2**20
     assert tree_rss_bytes([2**22 + 12345]) is None
+
+
+def test_the_capacity_finding_is_the_last_step_that_held() -> None:
+    from harness.loadrun import CapacityFinding
+
+    log = (
+        "[..] WARNING/atendeai.capacity: capacity: 3500 users broke p95 200 ms (340 ms); "
+        "last step that held: 3000 users at p95 120 ms\nAll users stopped\n"
+    )
+    finding = CapacityFinding.from_log(log)
+    assert finding is not None
+    assert finding.line.startswith("capacity: 3500 users broke")
+    assert (finding.users_held, finding.p95_held_ms) == (3000, 120.0)
+    first_step_broke = CapacityFinding.from_log("capacity: 500 users broke p95 200 ms (900 ms)")
+    assert first_step_broke is not None and first_step_broke.users_held is None
+    assert CapacityFinding.from_log("Ramping to 500 users at a rate of 10.00 per second") is None
+
+
+def test_the_benchmark_summary_shows_objectives_in_their_units_and_both_views() -> None:
+    from harness.benchmark import summarise
+
+    def objective(name: str, value: float, unit: str, status: str) -> dict:
+        return {"objective": {"name": name, "unit": unit}, "value": value, "status": status}
+
+    report = {
+        "profile": "sla",
+        "verdict": "no-go",
+        "run_id": "r1",
+        "load_mode": "closed model",
+        "objectives": [
+            objective("p95_overall", 0.0106, "seconds", "pass"),
+            objective("p95_login", 0.2548, "seconds", "fail"),
+            objective("error_ratio", 0.0002, "ratio", "pass"),
+        ],
+        "client": {
+            "aggregated": {"p95_ms": 16.0, "requests": 100, "failures": 0},
+            "endpoints": [
+                {"label": "POST /auth/login", "p95_ms": 260.0, "requests": 10, "failures": 0},
+                {"label": "GET /clinics/me", "p95_ms": 12.0, "requests": 90, "failures": 1},
+            ],
+            "users_peak": 1000,
+            "capacity": {"line": "capacity: 2000 users broke p95 200 ms (250 ms)"},
+        },
+        "endpoint_p95_ms": {"GET /clinics/me": 9.6},
+        "memory_mb": {"idle": 1200.0, "peak": 1900.0},
+    }
+    text = summarise(report, wall_s=600)
+    assert "sla: NO-GO" in text and "wall 10.0 min" in text
+    assert "p95 overall 10.6 ms (pass)" in text and "login 254.8 ms (fail)" in text
+    assert "error ratio 0.020 % (pass)" in text and "writes n/a" in text
+    assert "GET /clinics/me: 12 / 10 (90 requests, 1 failed)" in text
+    assert "POST /auth/login: 260 / n/a" in text
+    assert text.index("GET /clinics/me") < text.index("POST /auth/login")  # busiest first
+    assert "capacity: 2000 users broke" in text

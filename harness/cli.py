@@ -87,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(handler=cmd_up)
 
+    from harness import benchmark
     from harness.gate import command as gate_command
 
     gate_command.add_parser(commands)
+    benchmark.add_parser(commands)
     # listed here for --help; main() hands its arguments to harness.rls_lint
     commands.add_parser(
         "lint-rls",

@@ -9,6 +9,8 @@ history over time. Progress lines are printed while it runs.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import re
 import subprocess
 import sys
 import time
@@ -33,9 +35,14 @@ class LoadRunConfig:
     arrival_rate: float = 0.0
     target_users: int = 0  # the profile's peak, for the users_target_ratio figure
     locustfile: Path = LOCUSTFILE
+    # The load generator shares the cores with the stack here; in a real test
+    # it runs on its own machine. A lower priority keeps it from taking CPU
+    # the services need (it still gets all it asks for while a core is idle).
+    niceness: int = 10
 
     def command(self) -> list[str]:
         command = [
+            "nice", "-n", str(self.niceness),
             sys.executable, "-m", "locust",
             "-f", str(self.locustfile),
             "--headless", "--only-summary",
@@ -81,6 +88,27 @@ class HistoryPoint:
 
 
 @dataclass(frozen=True)
+class CapacityFinding:
+    """What the capacity profile logged: the last step that held p95, if any."""
+
+    line: str
+    users_held: int | None
+    p95_held_ms: float | None
+
+    @classmethod
+    def from_log(cls, text: str) -> CapacityFinding | None:
+        """The last ``capacity: ...`` line Locust logged (see ProfileShape)."""
+        lines = re.findall(r"capacity: (?:\d+ users broke|every step)[^\n]*", text)
+        if not lines:
+            return None
+        line = lines[-1].strip()
+        held = re.search(r"last step that held: (\d+) users at p95 (\d+) ms", line)
+        if held is None:
+            return cls(line, None, None)
+        return cls(line, int(held.group(1)), float(held.group(2)))
+
+
+@dataclass(frozen=True)
 class ClientFigures:
     """What the load generator saw, for the window [started_at, ended_at]."""
 
@@ -90,6 +118,7 @@ class ClientFigures:
     endpoints: tuple[EndpointFigures, ...]
     history: tuple[HistoryPoint, ...] = field(default=())
     target_users: int = 0  # the profile's peak, when known
+    capacity: CapacityFinding | None = None  # the capacity profile's answer
 
     @property
     def users_peak(self) -> int:
@@ -237,6 +266,8 @@ def run_load(
             command=command,
             log_tail=_tail(log_path),
         )
-    return read_locust_csv(
+    figures = read_locust_csv(
         prefix, started_at=started, ended_at=ended, target_users=config.target_users
     )
+    capacity = CapacityFinding.from_log(log_path.read_text(errors="replace"))
+    return dataclasses.replace(figures, capacity=capacity)

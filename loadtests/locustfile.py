@@ -306,12 +306,13 @@ class OpenArrivalUser(SignedInUser):
     @task
     def schedule(self) -> None:
         options = self.environment.parsed_options
-        users = max(1, self.environment.runner.user_count)
-        interval = users / options.arrival_rate
         next_start = time.monotonic()
         in_flight = gevent.pool.Pool(self.max_in_flight)
         while True:
-            next_start += interval
+            # each of the N running users starts one request every N / rate
+            # seconds: together, the rate (N is re-read while users spawn)
+            users = max(1, self.environment.runner.user_count)
+            next_start += users / options.arrival_rate
             in_flight.spawn(self._one_request)
             delay = next_start - time.monotonic()
             if delay > 0:

@@ -123,6 +123,22 @@ def test_smoke_gate_says_go_writes_every_report_and_warns_without_failing(tmp_pa
     assert report["targets"][0] == report["targets"][1] > 0  # every Prometheus target up
 
 
+def test_open_arrival_mode_holds_its_rate_and_the_report_says_which_mode_ran(tmp_path):
+    rate = 40.0
+    code, report, _out = _gate(
+        tmp_path, _slo(tmp_path), run_suites=False, recovery_drill=False, arrival_rate=rate
+    )
+    assert report["load_mode"] == "open arrival model at 40 requests/s"
+    client = report["client"]
+    started = sum(e["requests"] for e in client["endpoints"] if e["name"] != "/auth/login")
+    # the schedule, not the answers, sets the pace: within 25 % of rate x time
+    # (less the first seconds, while the users spawn and sign in)
+    expected = rate * (client["duration_s"] - 3)
+    assert 0.75 * expected <= started <= 1.25 * rate * client["duration_s"], (started, expected)
+    assert client["aggregated"]["failures"] == 0
+    assert code == EXIT_GO, report["notes"]
+
+
 def test_gate_says_no_on_exactly_the_objectives_that_broke(tmp_path):
     code, report, out = _gate(
         tmp_path,

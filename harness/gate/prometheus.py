@@ -35,6 +35,18 @@ class PrometheusReader:
             value = float(result[1])
         return None if math.isnan(value) else value
 
+    def by_labels(self, query: str, at: float, labels: tuple[str, ...]) -> dict[str, float]:
+        """One number per series at ``at``, keyed by the series' ``labels`` joined by a space."""
+        try:
+            result = self._client.custom_query(query, params={"time": f"{at:.3f}"})
+        except Exception as error:
+            raise QueryError(f"{error} -- query: {query}") from None
+        values = {
+            " ".join(item["metric"].get(label, "") for label in labels): float(item["value"][1])
+            for item in result
+        }
+        return {key: value for key, value in values.items() if not math.isnan(value)}
+
     def objective_value(self, objective: Objective, start: float, end: float) -> float | None:
         return self.instant(render_query(objective, max(1, round(end - start))), end)
 

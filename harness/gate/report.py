@@ -134,6 +134,17 @@ def render_markdown(result: GateResult) -> str:
                 f"| {c.objective} | {_num(c.server)} {c.unit} | {_num(c.client)} {c.unit} | "
                 f"{_num(c.difference)} | {_agreement(c.agrees)} |"
             )
+    if result.client and result.client.endpoints:
+        lines += [
+            "",
+            "| endpoint | client p95 | server p95 | requests | failures |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {p.label} | {_num(p.p95_ms)} ms | {_num(result.endpoint_p95_ms.get(p.label))} ms "
+            f"| {p.requests:,} | {p.failures:,} |"
+            for p in result.client.endpoints
+        ]
     if result.suites:
         s = result.suites
         lines += [
@@ -350,12 +361,14 @@ def render_html(result: GateResult) -> str:
         ]  # fmt: skip
     if result.client:
         sections += [
-            "<h2>Per endpoint (load generator)</h2>",
+            "<h2>Per endpoint (load generator, and the services' own p95)</h2>",
             _table(
-                ["endpoint", "requests", "failures", "median", "p95", "p99", "req/s"],
+                ["endpoint", "requests", "failures", "median", "p95", "p99", "req/s",
+                 "server p95"],
                 [
                     [e(p.label), f"{p.requests:,}", f"{p.failures:,}", f"{_num(p.median_ms)} ms",
-                     f"{_num(p.p95_ms)} ms", f"{_num(p.p99_ms)} ms", f"{p.requests_per_second:.1f}"]
+                     f"{_num(p.p95_ms)} ms", f"{_num(p.p99_ms)} ms", f"{p.requests_per_second:.1f}",
+                     f"{_num(result.endpoint_p95_ms.get(p.label))} ms"]
                     for p in (*result.client.endpoints, result.client.aggregated)
                 ],
             ),

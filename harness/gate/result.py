@@ -39,6 +39,9 @@ class GateResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     baseline_from: str | None = None
     recovery: RecoveryResult | None = None  # the recovery drill (None: not part of this run)
+    # server-side p95 per endpoint over the window, in ms, keyed "METHOD /route"
+    # like the load generator's endpoint labels
+    endpoint_p95_ms: dict[str, float] = field(default_factory=dict)
 
 
 def plain(value: Any) -> Any:

@@ -232,6 +232,8 @@ class GateRun:
                     load, progress=self.progress, timeout_s=profile.duration_s * 2 + 300
                 )
             timings["load"] = time.monotonic() - started
+            if client.capacity is not None:
+                notes.append(client.capacity.line)
             window = (client.started_at, client.ended_at)
             self._wait_for_last_scrape(reader, window[1])
 
@@ -244,6 +246,7 @@ class GateRun:
                 if not o.applies_to(self.config.profile)
             )
             series = self._series(reader, client, window, notes)
+            endpoint_p95_ms = self._endpoint_p95(reader, window, notes)
             try:
                 targets = reader.targets()
             except Exception as error:  # reported, not fatal: the SLOs already came back
@@ -286,7 +289,24 @@ class GateRun:
             timings_s=timings,
             baseline_from=baseline_from,
             recovery=recovery,
+            endpoint_p95_ms=endpoint_p95_ms,
         )
+
+    def _endpoint_p95(
+        self, reader: PrometheusReader, window: tuple[float, float], notes: list[str]
+    ) -> dict[str, float]:
+        """The services' own p95 per route over the window, beside the client's."""
+        seconds = max(1, round(window[1] - window[0]))
+        query = (
+            "histogram_quantile(0.95, sum by (le, method, route) "
+            f"(rate(http_server_request_duration_seconds_bucket[{seconds}s])))"
+        )
+        try:
+            by_route = reader.by_labels(query, window[1], ("method", "route"))
+        except QueryError as error:
+            notes.append(f"per-endpoint server p95: {error}")
+            return {}
+        return {label: value * 1000 for label, value in sorted(by_route.items())}
 
     def _recovery_drill(self, stack: Stack, supervisor: Supervisor | None) -> RecoveryResult:
         if not self.config.recovery_drill:

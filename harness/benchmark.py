@@ -1,0 +1,140 @@
+"""``atendeai benchmark``: the performance targets, measured (not a timed test).
+
+Runs two gates back to back on this machine, with the load generator beside
+the stack, and prints the figures the README records:
+
+- ``sla``: 1000 concurrent users, 1-3 s think time; p95 server and client
+  side, overall and per endpoint, error ratio, throughput, stack RSS;
+- ``capacity``: +500 users every step until p95 breaks 200 ms; the last
+  step that held.
+
+Each run writes its full report under ``reports/<run-id>/``; the suites and
+the recovery drill are left out (the gate runs them; here they would only
+add minutes). The figures are read back from each run's ``report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.argtypes import positive_number
+
+PROFILES = ("sla", "capacity")
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser(
+        "benchmark",
+        help="run the sla and capacity profiles and print the performance figures",
+        description="Run `atendeai gate` with the sla and then the capacity profile (no "
+        "suites, no recovery drill) and print p95 (server and client), error ratio, "
+        "throughput, memory and the capacity reached. Takes about 25 minutes.",
+    )
+    bench.add_argument(
+        "--profile",
+        action="append",
+        choices=PROFILES,
+        help="run only this profile (repeatable; default: both)",
+    )
+    bench.add_argument("--reports-dir", type=Path, default=Path("reports"), metavar="DIR")
+    bench.add_argument(
+        "--profile-scale",
+        type=positive_number,
+        default=1.0,
+        metavar="X",
+        help="multiply every duration of the profiles (a rehearsal: 0.25)",
+    )
+    bench.set_defaults(handler=cmd_benchmark)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from harness.gate.runner import EXIT_BROKEN, GateConfig, GateRun
+
+    print(f"benchmark on {machine_line()}", flush=True)
+    summaries: list[str] = []
+    for profile in args.profile or PROFILES:
+        run = GateRun(
+            GateConfig(
+                profile=profile,
+                reports_dir=args.reports_dir,
+                profile_scale=args.profile_scale,
+                run_suites=False,
+                recovery_drill=False,
+                baseline="none",
+            )
+        )
+        started = time.monotonic()
+        code = run.run()
+        wall_s = time.monotonic() - started
+        if code == EXIT_BROKEN:
+            print(f"benchmark: the {profile} run broke (see above)", file=sys.stderr)
+            return EXIT_BROKEN
+        report = json.loads((run.out_dir / "report.json").read_text())
+        summaries.append(summarise(report, wall_s))
+    print("\n" + "\n\n".join(summaries), flush=True)
+    return 0
+
+
+def machine_line() -> str:
+    import os
+
+    import psutil
+
+    memory_gib = psutil.virtual_memory().total / 2**30
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {memory_gib:.0f} GiB, "
+        f"{platform.platform(terse=True)}, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+
+
+def summarise(report: dict[str, Any], wall_s: float) -> str:
+    """The figures of one gate report, as the lines the README records."""
+    objectives = {o["objective"]["name"]: o for o in report.get("objectives", [])}
+    client = report.get("client") or {}
+    total = client.get("aggregated") or {}
+    memory = report.get("memory_mb") or {}
+
+    def objective(name: str) -> str:
+        item = objectives.get(name)
+        if item is None or item.get("value") is None:
+            return "n/a"
+        value, unit = item["value"], item["objective"]["unit"]
+        shown = {"seconds": f"{value * 1000:.1f} ms", "ratio": f"{value * 100:.3f} %"}.get(
+            unit, f"{value:g}"
+        )
+        return f"{shown} ({item['status']})"
+
+    lines = [
+        f"## {report['profile']}: {report['verdict'].upper()}  (run {report['run_id']}, "
+        f"wall {wall_s / 60:.1f} min, {report['load_mode']})",
+        f"- server p95 overall {objective('p95_overall')}; reads {objective('p95_reads')}; "
+        f"writes {objective('p95_writes')}; login {objective('p95_login')}",
+        f"- client p95 overall {total.get('p95_ms')} ms over {total.get('requests')} requests, "
+        f"{total.get('failures')} failed; {total.get('requests_per_second', 0):.0f} req/s; "
+        f"peak users {client.get('users_peak')}",
+        f"- server error ratio {objective('error_ratio')}; availability "
+        f"{objective('availability')}",
+        f"- stack RSS idle {memory.get('idle')} MB, peak {memory.get('peak')} MB",
+    ]
+    capacity = client.get("capacity")
+    if capacity:
+        lines.append(f"- {capacity['line']}")
+    server = report.get("endpoint_p95_ms") or {}
+    lines.append("- p95 per endpoint, client / server (ms):")
+    lines += [
+        f"  - {e['label']}: {_ms(e.get('p95_ms'))} / {_ms(server.get(e['label']))}"
+        f" ({e['requests']:,} requests, {e['failures']:,} failed)"
+        for e in sorted(client.get("endpoints", []), key=lambda e: -e["requests"])
+    ]
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
