@@ -328,14 +328,20 @@ class OpenArrivalUser(SignedInUser):
 class ProfileShape(LoadTestShape):
     """Runs ``--load-profile``; without one, the web UI's own user count applies.
 
-    For ``capacity`` it checks, at the end of every step, the p95 of the last
-    seconds (Locust's current window) against the objective, stops at the
-    first step that breaks it, and logs the last step that held.
+    For ``capacity`` a step holds when, once its users have all started and
+    signed in (spawn time plus one 10 s statistics window), every p95 of
+    Locust's current window up to the end of the step stayed under the
+    objective, and no user was lost on the way (a user whose sign-in fails
+    stops). The run stops at the first step that breaks and logs the last
+    step that held with the worst p95 it saw.
     """
+
+    SETTLE_S = 10.0  # Locust's current-window length
 
     def __init__(self) -> None:
         super().__init__()
         self.step_seen = 0
+        self.step_worst_p95 = 0.0
         self.held: list[tuple[int, float]] = []
 
     def tick(self) -> tuple[int, float] | None:
@@ -345,25 +351,39 @@ class ProfileShape(LoadTestShape):
         profile = PROFILES[options.load_profile].scaled(options.load_profile_scale)
         run_time = self.get_run_time()
         target = profile.target(run_time)
-        if profile.step_users and target is not None:
-            step = int(run_time // profile.step_s)
-            if step > self.step_seen:  # the previous step just ended: did it hold?
-                self.step_seen = step
-                users = step * profile.step_users
-                p95 = self.runner.stats.total.get_current_response_time_percentile(0.95) or 0.0
-                if p95 >= profile.p95_limit_ms:
-                    self._report(profile, users, p95, broke=True)
-                    return None
-                self.held.append((users, p95))
-        elif profile.step_users and target is None:
+        if not profile.step_users:
+            return target
+        step = int(run_time // profile.step_s)
+        if step > self.step_seen:  # the previous step just ended: did it hold?
+            self.step_seen = step
+            users = step * profile.step_users
+            worst = self.step_worst_p95
+            self.step_worst_p95 = 0.0
+            if worst >= profile.p95_limit_ms or self.runner.user_count < users:
+                self._report(profile, users, worst, broke=True)
+                return None
+            self.held.append((users, worst))
+        elif run_time - step * profile.step_s >= self._settle_s(profile):
+            p95 = self.runner.stats.total.get_current_response_time_percentile(0.95) or 0.0
+            self.step_worst_p95 = max(self.step_worst_p95, p95)
+        if target is None:
             self._report(profile, None, None, broke=False)
         return target
 
+    def _settle_s(self, profile) -> float:
+        return profile.step_users / profile.step_spawn_rate + 1 + self.SETTLE_S
+
     def _report(self, profile, users, p95, *, broke: bool) -> None:
         last = self.held[-1] if self.held else None
-        if broke:
+        if broke and self.runner.user_count < users:
+            line = f"capacity: {users} users broke: only {self.runner.user_count} kept running"
+        elif broke:
             line = f"capacity: {users} users broke p95 {profile.p95_limit_ms:g} ms ({p95:.0f} ms)"
         else:
             line = f"capacity: every step up to {profile.max_users} users held"
-        held = f"; last step that held: {last[0]} users at p95 {last[1]:.0f} ms" if last else ""
+        held = (
+            f"; last step that held: {last[0]} users at p95 {last[1]:.0f} ms (worst window)"
+            if last
+            else ""
+        )
         logging.getLogger("atendeai.capacity").warning(line + held)

@@ -1,12 +1,13 @@
 """bcrypt hashing, run off the event loop (a cost-10 hash takes ~70 ms here).
 
-Hashes run on a small pool of two threads per process. bcrypt releases the
-GIL, so with Python's default pool (up to cores + 4 threads) a burst of
-sign-ins put six CPU-bound threads beside the event loop and starved every
-other request of the process; with a bounded pool sign-ins queue instead.
-Measured on the 2-core machine (sla profile at half length, 5 sign-ins/s
-beside 1000 users' traffic): login p95 224 ms with one thread, 184 ms with
-two, every other route unchanged (p95 overall 17 and 10 ms).
+Hashes run on one dedicated thread per process. bcrypt releases the GIL, so
+with Python's default pool (up to cores + 4 threads) a burst of sign-ins put
+six CPU-bound threads beside the event loop and starved every other request
+of the process; with one thread, sign-ins queue behind each other instead.
+Two threads were measured too (2-core machine): login p95 in the sla run
+184-265 ms against 224-255 ms with one, within the noise, but while users
+signed in at 10/s on top of 1000 busy ones, /auth/me (same process) went
+from ~20 ms to seconds.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ MAX_PASSWORD_BYTES = 72  # bcrypt ignores everything past this; we refuse instea
 # Checked when the account does not exist, so that an unknown e-mail costs the
 # same bcrypt time as a wrong password and answers identically.
 _DUMMY_HASH = bcrypt.hashpw(b"no such account", bcrypt.gensalt(10))
-_BCRYPT_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
+_BCRYPT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
 
 
 async def _off_loop(function, *args):
-    return await asyncio.get_running_loop().run_in_executor(_BCRYPT_THREADS, function, *args)
+    return await asyncio.get_running_loop().run_in_executor(_BCRYPT_THREAD, function, *args)
 
 
 async def hash_password(password: str, rounds: int) -> str:
