@@ -27,6 +27,7 @@ from harness.gate.report import format_value, write_reports
 from harness.gate.result import GateResult
 from harness.gate.suites import SuiteResults, run_suites
 from harness.loadrun import ClientFigures, LoadRunConfig, run_load
+from harness.prometheus_api import wait_for_stack_targets
 from harness.slo import (
     DEFAULT_SLO_FILE,
     SloFile,
@@ -207,6 +208,10 @@ class GateRun:
                     f"{suites.count('error')} errors, {suites.count('skipped')} skipped"
                 )
 
+            # a request made before Prometheus's first scrape of its instance is
+            # in that first sample: no increase, so the window would not see it
+            self.progress("waiting for Prometheus's first scrape of every target")
+            wait_for_stack_targets(stack, timeout_s=30)
             pids = stack_pids(stack)
             idle = tree_rss_bytes(pids)
             gateway = _gateway(stack)
