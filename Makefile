@@ -1,7 +1,7 @@
 # Entry points; each first runs scripts/bootstrap.sh (installs what is missing).
 #   make test  [PYTEST_ARGS="-k auth -x"]   the pytest suites against a local stack
 #   make gate  [GATE_ARGS="--profile smoke"] the release gate (default: the sla profile, 1000 users)
-#   make benchmark [BENCH_ARGS=...]        sla + capacity profiles, the performance figures (~25 min)
+#   make benchmark [BENCH_ARGS=...]        sla + capacity profiles, the performance figures (~12 min on 2 cores)
 #   make lint                               ruff check + ruff format --check
 #   make up    [UP_ARGS="--json stack.json"] the local stack until Ctrl-C
 #   make dashboards                         rewrite compose/grafana/dashboards/*.json

@@ -34,7 +34,8 @@ def add_parser(commands) -> None:
         help="run the sla and capacity profiles and print the performance figures",
         description="Run `atendeai gate` with the sla and then the capacity profile (no "
         "suites, no recovery drill) and print p95 (server and client), error ratio, "
-        "throughput, memory and the capacity reached. Takes about 25 minutes.",
+        "throughput, memory and the capacity reached. Takes about 12 minutes on a 2-core "
+        "machine (capacity stops at its first step that breaks).",
     )
     bench.add_argument(
         "--profile",
