@@ -451,8 +451,8 @@ class ManagedProcess:
         return f"<ManagedProcess {self.name} {state}>"
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children, their children...), from ``/proc``."""
+def children_by_parent() -> dict[int, list[int]]:
+    """``{parent pid: [child pids]}`` of every live process, read from ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -464,6 +464,12 @@ def descendants(pid: int) -> list[int]:
         # the command name may hold spaces and parentheses: parse after the last ')'
         parent = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, their children...), from ``/proc``."""
+    children = children_by_parent()
     found: list[int] = []
     pending = list(children.get(pid, ()))
     while pending:
@@ -501,6 +507,7 @@ __all__ = [
     "LOOPBACK",
     "ManagedProcess",
     "OsUser",
+    "children_by_parent",
     "descendants",
     "free_port",
     "free_ports",

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from harness.processes import children_by_parent
 from harness.stack import Stack
 
 PROC = Path("/proc")
@@ -19,21 +20,6 @@ def stack_pids(stack: Stack) -> list[int]:
         if key.endswith("_pid") and str(value).isdigit():
             pids.append(int(value))
     return pids
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: parse after the last ')'
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
 
 
 def _rss_bytes(pid: int) -> int:
@@ -51,7 +37,7 @@ def tree_rss_bytes(roots: Iterable[int]) -> int | None:
     roots = [pid for pid in roots if (PROC / str(pid)).exists()]
     if not roots or not PROC.exists():
         return None
-    children = _children()
+    children = children_by_parent()
     seen: set[int] = set()
     todo = list(roots)
     while todo:
