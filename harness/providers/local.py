@@ -219,7 +219,8 @@ class LocalStackControl:
             port, log_path = service.port, service.process.log_path
         pid = self.pid(component)
         state = f"pid {pid}" if pid is not None else "not running"
-        tail = _log_tail(log_path, lines) or "(empty)"
+        process = self._process(component)
+        tail = (process.log_tail(lines) if process is not None else "") or "(empty)"
         return (
             f"{component} on 127.0.0.1:{port} ({state}), log {log_path}; log tail:\n"
             + "\n".join(f"  | {line}" for line in tail.splitlines())
@@ -236,17 +237,6 @@ class LocalStackControl:
         except KeyError:
             known = ", ".join(self.components)
             raise ConfigurationError(f"no component {component!r} (known: {known})") from None
-
-
-def _log_tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - 16 * 1024))
-            text = log.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @contextmanager
