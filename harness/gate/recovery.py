@@ -29,7 +29,6 @@ restarted, and the drill says NOT VERIFIABLE HERE with the reason.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import time
 from collections import Counter
@@ -221,19 +220,18 @@ class Canary:
 
 
 def haproxy_servers(stats_url: str) -> dict[str, dict[str, str]]:
-    """``{"backend/server": row}`` from HAProxy's stats page in CSV form (``status``,
+    """``{"backend/server": row}`` from HAProxy's stats page at ``stats_url`` (``status``,
     ``check_status``, ``last_chk``...)."""
     import httpx
 
+    from harness.providers.daemon import NotReadyYet
+    from harness.providers.haproxy import server_rows
+
     text = httpx.get(f"{stats_url};csv", timeout=REQUEST_TIMEOUT_S).text
-    if not text.startswith("# "):
-        raise ValueError(f"HAProxy's stats page at {stats_url} is not CSV: {text[:200]!r}")
-    rows = csv.DictReader(text[2:].splitlines())
-    return {
-        f"{row['pxname']}/{row['svname']}": row
-        for row in rows
-        if row.get("svname") not in ("FRONTEND", "BACKEND")
-    }
+    try:
+        return server_rows(text)
+    except NotReadyYet as error:
+        raise ValueError(f"HAProxy's stats page at {stats_url}: {error}") from None
 
 
 def _server_state(stats_url: str, server: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ that every route here is one the services' OpenAPI documents serve.
 
 from __future__ import annotations
 
+import csv
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -225,20 +226,23 @@ class LocalHAProxy(HttpDaemon):
         return True
 
 
-def server_checks(stats_csv: str) -> dict[str, str]:
-    """``{"backend/server": check_status}`` from HAProxy's stats page in CSV form."""
+def server_rows(stats_csv: str) -> dict[str, dict[str, str]]:
+    """``{"backend/server": row}`` from HAProxy's stats page in CSV form (``status``,
+    ``check_status``, ``check_desc``...); frontends, backends and short rows left out."""
     lines = stats_csv.splitlines()
     if not lines or not lines[0].startswith("# "):
         raise NotReadyYet(f"the stats page is not CSV: {stats_csv[:200]!r}")
-    header = lines[0][2:].split(",")
-    column = {name: index for index, name in enumerate(header)}
-    checks = {}
-    for line in lines[1:]:
-        fields = line.split(",")
-        if len(fields) < len(header) or fields[1] in ("FRONTEND", "BACKEND"):
-            continue
-        checks[f"{fields[0]}/{fields[1]}"] = fields[column["check_status"]]
-    return checks
+    rows = csv.DictReader([lines[0][2:], *lines[1:]])
+    return {
+        f"{row['pxname']}/{row['svname']}": row
+        for row in rows
+        if None not in row.values() and row["svname"] not in ("FRONTEND", "BACKEND")
+    }
+
+
+def server_checks(stats_csv: str) -> dict[str, str]:
+    """``{"backend/server": check_status}`` from HAProxy's stats page in CSV form."""
+    return {server: row["check_status"] for server, row in server_rows(stats_csv).items()}
 
 
 __all__ = [
@@ -250,4 +254,5 @@ __all__ = [
     "check_config",
     "render_haproxy_config",
     "server_checks",
+    "server_rows",
 ]
