@@ -31,7 +31,7 @@ from harness.processes import (
     retry_on_bind_failure,
     wait_until,
 )
-from harness.providers import external_stack, get_provider
+from harness.providers import StackRequest, external_stack, open_stack
 from harness.providers.local import LocalStackConfig
 from harness.providers.postgres import find_bin_dir
 from harness.providers.redis import find_redis_server
@@ -78,7 +78,9 @@ def test_unknown_service_names_the_known_ones() -> None:
 def test_external_provider_reads_the_json_and_says_external(tmp_path: Path) -> None:
     path = tmp_path / "stack.json"
     make_stack().write_json(path)
-    with get_provider("external")(path) as stack:
+    with open_stack(StackRequest(provider="external", stack_json=path)) as running:
+        stack = running.stack
+        assert running.supervisor is None
         assert stack.provider == "external"
         assert stack.extra["source_provider"] == "local"
         assert stack.services == make_stack().services
@@ -98,11 +100,13 @@ def test_external_provider_explains_a_bad_file(
         pass
 
 
-def test_containers_provider_is_honest_about_docker() -> None:
-    with pytest.raises(ConfigurationError, match="needs a Docker engine"):
-        get_provider("containers")
+def test_stack_requests_are_checked_where_they_enter(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="local, external, containers"):
-        get_provider("kubernetes")
+        StackRequest(provider="kubernetes")
+    with pytest.raises(ConfigurationError, match="needs a stack JSON file"):
+        StackRequest(provider="external")
+    with pytest.raises(ConfigurationError, match="only applies to the external provider"):
+        StackRequest(provider="containers", stack_json=tmp_path / "stack.json")
 
 
 # --------------------------------------------------------------------------- exceptions

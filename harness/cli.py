@@ -2,8 +2,11 @@
 
 Subcommands:
 
-- ``atendeai up [--json FILE] [--keep-dir]``: bring the local stack up, print
-  every endpoint, keep it running until Ctrl-C or SIGTERM, then tear it down.
+- ``atendeai up [--provider local|containers] [--json FILE] [--keep-dir]``: bring
+  the stack up, print every endpoint, keep it running until Ctrl-C or SIGTERM,
+  then tear it down.
+- ``atendeai images build [--force] [--base-image IMAGE]``: build the
+  containers' images that are missing or stale (``harness.images``).
 
 - ``atendeai gate [--profile P] [--provider local|containers|external] ...``:
   the release gate (``harness.gate.command``); exit 0 go, 1 no-go, 2 broken.
@@ -22,10 +25,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from harness.argtypes import env_pair, positive_number
 from harness.exceptions import ConfigurationError, HarnessError
@@ -46,10 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser(
         "up",
-        help="bring the local stack up and keep it running until Ctrl-C",
-        description="Bring the local stack up (PostgreSQL, Redis, two instances of each "
+        help="bring the stack up and keep it running until Ctrl-C",
+        description="Bring the stack up (PostgreSQL, Redis, two instances of each "
         "of the four services behind HAProxy, the PostgreSQL and Redis exporters, "
         "Prometheus), print its endpoints and keep it running until Ctrl-C or SIGTERM.",
+    )
+    up.add_argument(
+        "--provider",
+        choices=("local", "containers"),
+        default="local",
+        help="child processes (local, default) or Docker containers from the project's "
+        "images (containers; builds missing images first)",
     )
     up.add_argument(
         "--json",
@@ -72,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--startup-timeout",
         type=positive_number,
-        default=30.0,
+        default=None,
         metavar="SECONDS",
-        help="how long each component may take to become ready (default: 30)",
+        help="how long each component may take to become ready (default: 30 local, 90 containers)",
     )
     up.add_argument(
         "--service-env",
@@ -86,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
         "ATENDEAI_LOGIN_LIMIT_PER_CLIENT=1000/60 (repeatable)",
     )
     up.set_defaults(handler=cmd_up)
+
+    images = commands.add_parser(
+        "images",
+        help="build the containers' images (no registry needed)",
+        description="Build the images of the containers provider and of the compose "
+        "deployment from compose/images/ (missing or stale ones only, unless --force).",
+    )
+    images.set_defaults(handler=lambda _: _usage(images, "choose an action (build)"))
+    images_commands = images.add_subparsers(dest="images_command", metavar="ACTION")
+    build = images_commands.add_parser("build", help="build what is missing or stale")
+    build.add_argument("--force", action="store_true", help="rebuild every image")
+    build.add_argument(
+        "--base-image",
+        metavar="IMAGE",
+        help="the FROM of every image (default: debian:bookworm-slim when present or "
+        "pullable, else a base made here with debootstrap)",
+    )
+    build.set_defaults(handler=cmd_images_build)
 
     from harness import benchmark
     from harness.gate import command as gate_command
@@ -118,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: choose a command (up, gate, lint-rls)", file=sys.stderr)
+        print(f"{PROG}: error: choose a command (up, images, gate, lint-rls)", file=sys.stderr)
         return EXIT_USAGE
     return handler(args)
 
@@ -126,21 +154,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- up
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from harness.providers.local import LocalStackConfig, local_stack
+def _usage(parser: argparse.ArgumentParser, message: str) -> int:
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
+
+def cmd_images_build(args: argparse.Namespace) -> int:
+    from harness.images import ImageConfig, ensure_images
+
+    try:
+        config = ImageConfig.from_env(base_image=args.base_image or "")
+        ensure_images(config, force=args.force, progress=lambda line: print(line, flush=True))
+    except HarnessError as error:
+        print(f"{PROG} images build: error: {error}", file=sys.stderr)
+        return EXIT_START_FAILED
+    return EXIT_OK
+
+
+def _up_stack(args: argparse.Namespace) -> AbstractContextManager[Any]:
+    """The provider's context manager for ``up`` (configuration checked here, once)."""
+    options: dict[str, Any] = {
+        "base_dir": args.base_dir,
+        "keep_dir": args.keep_dir,
+        "service_env": tuple(args.service_env),
+    }
+    if args.startup_timeout is not None:
+        options["startup_timeout_s"] = args.startup_timeout
+    if args.provider == "containers":
+        from harness.providers.containers import ContainersStackConfig, containers_stack
+
+        return containers_stack(ContainersStackConfig(**options))
+    from harness.providers.local import LocalStackConfig, supervised_local_stack
+
+    return supervised_local_stack(LocalStackConfig(**options))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
     json_path: Path | None = args.json
     try:
         if json_path is not None and not json_path.parent.is_dir():
             raise ConfigurationError(
                 f"--json {json_path}: directory {json_path.parent} does not exist"
             )
-        config = LocalStackConfig(
-            base_dir=args.base_dir,
-            keep_dir=args.keep_dir,
-            startup_timeout_s=args.startup_timeout,
-            service_env=tuple(args.service_env),
-        )
+        stack_manager = _up_stack(args)
     except ConfigurationError as error:
         print(f"{PROG} up: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -148,7 +205,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with _sigterm_as_interrupt():
         try:
-            with local_stack(config) as stack:
+            with stack_manager as running:
+                stack = running.stack
                 cold_start = time.monotonic() - started
                 if json_path is not None:
                     stack.write_json(json_path)

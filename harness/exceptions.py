@@ -7,6 +7,8 @@
     ├── WaitTimeout                 wait_until() ran out of time (what, how long, last evidence)
     ├── LoginFailed                 a test user could not sign in (status and body of the answer)
     ├── LoadRunError                the load generator failed or overran (command, log tail)
+    ├── DockerUnavailable           no Docker engine answers (what was tried, the fix)
+    ├── ImageBuildError             an image could not be built (component, build log tail)
     └── StackError                  a component of the stack could not be brought up
         ├── ComponentNotInstalled   a binary is missing (names the Debian package to install)
         ├── ComponentStartError     a component started but did not become ready
@@ -168,18 +170,6 @@ class PortInUse(StackError):
         return f"{self.component}: port {self.port} is already in use"
 
 
-__all__ = [
-    "ComponentNotInstalled",
-    "ComponentStartError",
-    "ConfigurationError",
-    "HarnessError",
-    "LoginFailed",
-    "PortInUse",
-    "StackError",
-    "WaitTimeout",
-]
-
-
 class LoadRunError(HarnessError):
     """The load generator exited with an error or ran past its time limit."""
 
@@ -195,3 +185,53 @@ class LoadRunError(HarnessError):
         lines.append("  log tail:")
         lines.extend(f"    | {line}" for line in tail)
         return "\n".join(lines)
+
+
+class DockerUnavailable(HarnessError):
+    """No Docker engine answers; says what was tried and how to get one."""
+
+    def __init__(self, reason: str, *, hint: str = "") -> None:
+        self.reason = reason
+        self.hint = hint or (
+            "as root, `make test` (scripts/bootstrap.sh) installs docker.io and starts dockerd; "
+            "elsewhere start a Docker engine or set DOCKER_HOST"
+        )
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return f"no Docker engine: {self.reason}\n  fix: {self.hint}"
+
+
+class ImageBuildError(HarnessError):
+    """An image of the stack could not be built; carries the build's last lines."""
+
+    def __init__(self, image: str, reason: str, *, log_tail: str = "", hint: str = "") -> None:
+        self.image = image
+        self.reason = reason
+        self.log_tail = log_tail
+        self.hint = hint
+        super().__init__(image)
+
+    def __str__(self) -> str:
+        lines = [f"image {self.image} could not be built: {self.reason}"]
+        if self.log_tail.strip():
+            lines.append("  build log tail:")
+            lines.extend(f"    | {line}" for line in self.log_tail.rstrip().splitlines())
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+__all__ = [
+    "ComponentNotInstalled",
+    "ComponentStartError",
+    "ConfigurationError",
+    "DockerUnavailable",
+    "HarnessError",
+    "ImageBuildError",
+    "LoadRunError",
+    "LoginFailed",
+    "PortInUse",
+    "StackError",
+    "WaitTimeout",
+]

