@@ -20,7 +20,9 @@ and yields a ``RunningStack``: the ``Stack`` and the ``ContainersSupervisor``.
 Images come from ``harness.images`` (built first when missing or stale).
 Every port is published on 127.0.0.1 only, on a port picked here, so a
 restarted container keeps it, and the harness reaches containers only
-through those ports. Containers, the network and anonymous volumes carry the
+through those ports. Containers run with Docker's restart policy
+``unless-stopped``, as in compose: a process that dies on its own is started
+again by the engine. Containers, the network and anonymous volumes carry the
 label ``org.atendeai.run=<run id>``; exit, Ctrl-C or a failed start removes
 all of them (testcontainers' reaper is not used: no registry to pull it from).
 A failed start raises ``ComponentStartError`` with the container's log tail.
@@ -31,7 +33,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -46,7 +47,7 @@ import yaml
 from testcontainers.core.container import DockerContainer
 
 from harness.docker_engine import docker_client
-from harness.exceptions import ComponentStartError, ConfigurationError
+from harness.exceptions import ComponentStartError, ConfigurationError, WaitTimeout
 from harness.images import ImageConfig, ensure_images
 from harness.keys import generate_jwt_keys
 from harness.processes import LOOPBACK, free_ports, wait_until
@@ -282,12 +283,13 @@ class LogFollower(threading.Thread):
 class ContainersSupervisor:
     """The containers provider's ``Supervisor``.
 
-    ``kill`` sends SIGKILL to the container's main process from the host (a
-    crash, which Docker's restart policy answers by starting it again, as
-    compose's ``restart: unless-stopped`` does); ``restart`` waits for that
-    restart (starting the container itself if Docker has not within a few
-    seconds) and then for the component's readiness; ``pause``/``resume`` are
-    ``docker pause``/``unpause``.
+    ``kill`` is ``docker kill --signal KILL`` (every process of the container
+    dies at once, and Docker's restart policy stands aside, as for any kill
+    the engine was asked for); ``restart`` then does what the policy would:
+    ``docker start`` on the same container (same ports, same anonymous
+    volume, so the same data) and waits for the component's readiness.
+    ``pause``/``resume`` are ``docker pause``/``unpause`` (SIGSTOP for the
+    whole container).
     """
 
     def __init__(
@@ -323,12 +325,7 @@ class ContainersSupervisor:
         pid = self.pid(component)
         if pid is None:
             return None
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except PermissionError:  # not root: the engine kills it (no automatic restart then)
-            self.container(component).docker.kill(signal="SIGKILL")
-        except ProcessLookupError:
-            return None
+        self.container(component).docker.kill(signal="SIGKILL")
         return pid
 
     def pause(self, component: str) -> None:
@@ -341,27 +338,22 @@ class ContainersSupervisor:
         timeout = self.restart_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout
         target = self.container(component)
-        handed_over = time.monotonic() + min(5.0, timeout / 2)
-        while True:
-            state = target.state()
-            if state.get("Paused"):
-                target.docker.unpause()
-            elif state.get("Running") and not state.get("Restarting"):
-                break
-            elif not state.get("Restarting") and time.monotonic() > handed_over:
-                target.docker.start()  # Docker did not restart it: do what it would have
-            if time.monotonic() > deadline:
-                raise ComponentStartError(
-                    component,
-                    f"not running again after {timeout:.1f} s (state {state.get('Status')})",
-                    log_tail=target.log_tail(),
-                )
-            time.sleep(0.1)
+        state = target.state()
+        if state.get("Paused"):
+            target.docker.unpause()
+        elif not state.get("Running") and not state.get("Restarting"):
+            target.docker.start()
+
+        def running() -> bool:
+            now = target.state()
+            return bool(now.get("Running")) and not now.get("Restarting")
+
         try:
+            wait_until(running, timeout=timeout, what=f"{component} running again", interval=0.1)
             target.wait_ready(deadline - time.monotonic())
-        except (TimeoutError, RuntimeError) as error:
+        except (WaitTimeout, TimeoutError, RuntimeError) as error:
             raise ComponentStartError(
-                component, f"restarted but not ready: {error}", log_tail=target.log_tail()
+                component, f"not back after a restart: {error}", log_tail=target.log_tail()
             ) from None
 
     def evidence(self, component: str, *, lines: int = 15) -> str:

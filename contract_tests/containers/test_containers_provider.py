@@ -1,0 +1,208 @@
+"""The containers provider, run for real against the Docker engine: the same
+stack shape as the local provider, ports on 127.0.0.1 only, a network per
+run, a supervisor that kills (a crash Docker's restart policy answers),
+freezes and restarts containers, errors with the container's log tail, and a
+teardown that leaves nothing. Independent of ``--stack``: it starts a stack
+of its own. Needs a Docker engine (skips without one, fails under CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+
+from harness.exceptions import ComponentStartError
+from harness.processes import wait_until
+from harness.prometheus_api import wait_for_stack_targets
+from harness.providers import RunningStack
+from harness.providers.containers import RUN_LABEL, ContainersStackConfig, containers_stack
+from harness.providers.haproxy import server_rows
+from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password
+
+pytestmark = [pytest.mark.docker]
+
+SHAPE = {
+    "postgres",
+    "redis",
+    *(f"{name}-{i}" for name in ("auth", "users", "clinics", "health") for i in (1, 2)),
+    "postgres-exporter",
+    "redis-exporter",
+    "haproxy",
+    "prometheus",
+}
+
+
+def _say(line: str) -> None:
+    print(f"containers: {line}", file=sys.stderr, flush=True)
+
+
+def _run_leftovers(docker_engine, run_id: str) -> tuple[list, list]:
+    label = {"label": f"{RUN_LABEL}={run_id}"}
+    return (
+        docker_engine.containers.list(all=True, filters=label),
+        docker_engine.networks.list(filters=label),
+    )
+
+
+@pytest.fixture(scope="module")
+def running(docker_engine) -> Iterator[RunningStack]:
+    with containers_stack(ContainersStackConfig(), progress=_say) as stack:
+        yield stack
+    run_id = stack.stack.extra["run_id"]
+    assert _run_leftovers(docker_engine, run_id) == ([], []), "teardown left things behind"
+
+
+@pytest.fixture
+def gateway(running) -> Iterator[httpx.Client]:
+    client_ip = ClientAddresses().next()
+    with httpx.Client(
+        base_url=running.stack.haproxy_url or "",
+        headers={"X-Forwarded-For": client_ip},
+        timeout=15,
+    ) as client:
+        yield client
+
+
+def _token(gateway: httpx.Client, running: RunningStack) -> str:
+    admin = running.stack.platform_admin
+    answer = gateway.post("/auth/login", json={"email": admin.email, "password": admin.password})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["access_token"]
+
+
+def test_the_stack_has_the_local_shape_on_a_network_of_its_own(running, docker_engine):
+    stack = running.stack
+    assert stack.provider == "containers"
+    assert set(running.supervisor.components) == SHAPE
+    containers, networks = _run_leftovers(docker_engine, stack.extra["run_id"])
+    assert {c.labels["org.atendeai.component"] for c in containers} == SHAPE
+    (network,) = networks
+    assert network.name == stack.extra["network"]
+    for container in containers:
+        assert set(container.attrs["NetworkSettings"]["Networks"]) == {network.name}
+        bindings = container.attrs["HostConfig"]["PortBindings"] or {}
+        hosts = {b["HostIp"] for binding in bindings.values() for b in binding}
+        assert hosts <= {"127.0.0.1"}, f"{container.name} publishes on {hosts}"
+    every_url = [
+        stack.haproxy_url,
+        stack.prometheus_url,
+        *stack.services.values(),
+        *stack.exporters.values(),
+        stack.postgres.app_dsn,
+        stack.redis_url,
+    ]
+    assert all("@127.0.0.1:" in url or "//127.0.0.1:" in url for url in every_url), every_url
+
+
+def test_the_platform_serves_through_haproxy_and_prometheus_scrapes_everything(running, gateway):
+    token = _token(gateway, running)
+    me = gateway.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200, me.text
+    targets = wait_for_stack_targets(running.stack, timeout_s=30)
+    assert len(targets) == int(running.stack.extra["prometheus_targets"]) == 12
+
+
+def test_rls_holds_in_the_container_database(running):
+    with psycopg.connect(running.stack.postgres.app_dsn) as conn:
+        role = conn.execute(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert role == (False, False)
+        assert conn.execute("SELECT count(*) FROM atendeai.users").fetchone()[0] == 0
+
+
+def test_a_crashed_instance_is_restarted_and_haproxy_serves_meanwhile(running, gateway):
+    supervisor = running.supervisor
+    token = _token(gateway, running)
+    before = supervisor.container("auth-1").state()["Pid"]
+    killed = supervisor.kill("auth-1")
+    assert killed == before
+    started = time.monotonic()
+    for _ in range(20):  # HAProxy retries the connection on auth-2
+        answer = gateway.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+    supervisor.restart("auth-1", timeout_s=60)
+    state = supervisor.container("auth-1").state()
+    assert state["Running"] and state["Pid"] != before
+
+    def auth_1_up() -> bool:
+        row = server_rows(httpx.get(f"{running.stack.haproxy_stats_url};csv").text)["auth/auth-1"]
+        return row["status"] == "UP"
+
+    wait_until(auth_1_up, timeout=30, what="HAProxy to put auth-1 back", interval=0.2)
+    _say(f"auth-1 killed and back in rotation after {time.monotonic() - started:.1f} s")
+
+
+def test_a_crash_is_answered_by_dockers_restart_policy(running):
+    """A process dying on its own (not a kill asked of the engine) is restarted by
+    Docker itself, as compose's ``restart: unless-stopped`` does."""
+    if os.geteuid() != 0:
+        pytest.skip("signalling a container's process from the host needs root")
+    target = running.supervisor.container("users-2")
+    before = target.state()
+    os.kill(before["Pid"], signal.SIGKILL)
+
+    def restarted_by_docker() -> bool:
+        docker = target.docker
+        docker.reload()
+        state = docker.attrs["State"]
+        return bool(
+            state["Running"] and state["Pid"] != before["Pid"] and docker.attrs["RestartCount"] >= 1
+        )
+
+    wait_until(restarted_by_docker, timeout=30, what="Docker to restart users-2", interval=0.2)
+    target.wait_ready(30)
+
+
+def test_postgres_killed_comes_back_on_the_same_data(running, gateway):
+    stack, supervisor = running.stack, running.supervisor
+    token = _token(gateway, running)
+    api = ApiSession(stack, ClientAddresses())
+    tenant = create_tenant(stack.postgres.owner_dsn, api=api, password_hash=hash_password())
+    api.close()
+    supervisor.kill("postgres")
+    supervisor.restart("postgres", timeout_s=60)
+    with psycopg.connect(stack.postgres.superuser_dsn) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM atendeai.clinics WHERE id = %s", (tenant.clinic_id,)
+        ).fetchone()[0]
+    assert found == 1
+
+    def serving() -> bool:
+        answer = gateway.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+        return answer.status_code == 200
+
+    wait_until(serving, timeout=30, what="the platform serving after PostgreSQL's restart")
+
+
+def test_a_frozen_redis_is_thawed(running):
+    supervisor = running.supervisor
+    supervisor.pause("redis")
+    assert supervisor.container("redis").state()["Paused"]
+    supervisor.resume("redis")
+    assert not supervisor.container("redis").state()["Paused"]
+    assert "redis" in supervisor.evidence("redis")
+
+
+def test_a_failed_start_names_the_component_with_its_log_and_leaves_nothing(docker_engine):
+    config = ContainersStackConfig(
+        startup_timeout_s=15,
+        instances_per_service=1,
+        # below the platform's minimum cost: every service refuses to start
+        service_env=(("ATENDEAI_BCRYPT_ROUNDS", "4"),),
+    )
+    before = {c.id for c in docker_engine.containers.list(all=True)}
+    with pytest.raises(ComponentStartError) as failure, containers_stack(config, progress=_say):
+        pass
+    message = str(failure.value)
+    assert "auth-1 failed to start" in message
+    assert "ATENDEAI_BCRYPT_ROUNDS" in message  # the container's own log says why
+    after = {c.id for c in docker_engine.containers.list(all=True)}
+    assert after - before == set()
