@@ -146,12 +146,19 @@ def supervisor(running_stack: RunningStack) -> Supervisor:
 
 
 @pytest.fixture(scope="session")
-def docker_engine() -> Iterator[Any]:
-    """A client of the Docker engine; a skip without one, a failure under CI=true."""
+def docker_engine(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A client of the Docker engine; a skip without one, a failure under CI=true.
+
+    The suites that use it start containers of their own (the containers
+    provider, the compose deployment): against an external stack (staging,
+    or the gate's own stack) they are not run.
+    """
     import os
 
     from harness.docker_engine import docker_client
 
+    if request.config.stash[STACK_REQUEST].provider == "external":
+        pytest.skip("starts containers of its own: not run against --stack=external")
     try:
         client = docker_client()
     except DockerUnavailable as error:

@@ -201,9 +201,10 @@ def test_a_redis_key_survives_a_crash_of_the_redis_container(deployment, docker_
     assert store.config_get("appendonly") == {"appendonly": "yes"}
 
 
-def test_the_contract_suites_pass_against_the_deployment(compose_stack, tmp_path):
+def test_the_contract_suites_pass_against_the_deployment(deployment, tmp_path):
     stack_json = tmp_path / "stack.json"
-    compose_stack.write_json(stack_json)
+    # written now: a down/up earlier gave the replicas new ephemeral ports
+    deployment.stack().write_json(stack_json)
     command = [
         sys.executable,
         "-m",
