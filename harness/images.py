@@ -17,7 +17,8 @@ pulled; where no registry is reachable it is made here, once, with
 
 ``ensure_images(config)`` builds what is missing or stale: each image carries
 a label with the SHA-256 of its build context (Dockerfile, files, base image),
-so editing a Dockerfile or the platform's code rebuilds exactly that image.
+and of the base image's id, so editing a Dockerfile or the platform's code
+rebuilds exactly that image, and a new base rebuilds them all.
 Image names are configuration (``ImageConfig``): point ``image_overrides`` (or
 ``ATENDEAI_IMAGE_<COMPONENT>``) at your own images and they are used as they
 are, never built.
@@ -157,8 +158,9 @@ def ensure_images(
                 continue
             if base is None:
                 base = resolve_base_image(config.base_image, progress=say)
+                base_id = client.images.get(base).id
             with _build_context(component) as context:
-                digest = _context_digest(context, base)
+                digest = _context_digest(context, base_id)
                 if not force and _label(client, image) == digest:
                     actions.append((component, image, "present"))
                     continue
@@ -341,8 +343,9 @@ def _pip_download(requirements: Path, cache: Path) -> None:
         )
 
 
-def _context_digest(context: Path, base: str) -> str:
-    digest = hashlib.sha256(f"base={base}\n".encode())
+def _context_digest(context: Path, base_id: str) -> str:
+    """What decides an image: its build context and the very base image (by id)."""
+    digest = hashlib.sha256(f"base={base_id}\n".encode())
     for path in sorted(p for p in context.rglob("*") if p.is_file()):
         relative = path.relative_to(context)
         if relative.parts[0] == "wheels" and path.suffix == ".whl":
