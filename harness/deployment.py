@@ -189,6 +189,23 @@ class ComposeDeployment:
         )
 
 
+def redis_key_survives_a_crash(
+    store: Any, crash: Callable[[], None], *, timeout_s: float = 60.0
+) -> bool:
+    """Write a key, ``crash()`` the Redis server (and let it come back), say whether
+    the key is still there. The persistence check of the deployment suite; with
+    AOF off the same procedure answers False (the proof in contract_tests)."""
+    from harness.processes import wait_until
+
+    key = f"atendeai-persistence-{time.time_ns()}"
+    store.set(key, "written before the crash")
+    crash()
+    wait_until(
+        store.ping, timeout=timeout_s, what="Redis answering after the crash", retry_on=(Exception,)
+    )
+    return store.get(key) == b"written before the crash"
+
+
 def deployment_env(settings: ComposeSettings, secrets_dir: Path) -> dict[str, str]:
     """What a user's ``compose/.env`` would hold: fresh passwords, free loopback ports."""
     env = {name: secrets.token_urlsafe(18) for name in PASSWORDS}
@@ -277,4 +294,5 @@ __all__ = [
     "ComposeSettings",
     "compose_deployment",
     "deployment_env",
+    "redis_key_survives_a_crash",
 ]

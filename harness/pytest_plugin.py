@@ -85,6 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "docker: needs a Docker engine (skips without one, fails under CI=true)"
     )
+    config.addinivalue_line(
+        "markers", "deployment: brings compose/docker-compose.yml up for real and verifies it"
+    )
     try:
         request = StackRequest(
             provider=config.getoption("--stack"),

@@ -17,9 +17,12 @@ from collections.abc import Iterator
 import httpx
 import psycopg
 import pytest
+import redis
 
+from harness.deployment import redis_key_survives_a_crash
 from harness.exceptions import ComponentStartError
-from harness.processes import wait_until
+from harness.images import ImageConfig
+from harness.processes import free_port, wait_until
 from harness.prometheus_api import wait_for_stack_targets
 from harness.providers import RunningStack
 from harness.providers.containers import RUN_LABEL, ContainersStackConfig, containers_stack
@@ -206,3 +209,37 @@ def test_a_failed_start_names_the_component_with_its_log_and_leaves_nothing(dock
     assert "ATENDEAI_BCRYPT_ROUNDS" in message  # the container's own log says why
     after = {c.id for c in docker_engine.containers.list(all=True)}
     assert after - before == set()
+
+
+@pytest.mark.parametrize(("appendonly", "survives"), [("yes", True), ("no", False)])
+def test_the_redis_persistence_check_turns_red_without_aof(docker_engine, appendonly, survives):
+    """The deployment suite's Redis check, on a Redis of the same image with AOF
+    on and off: it must tell them apart, or it proves nothing."""
+    port = free_port()
+    container = docker_engine.containers.run(
+        ImageConfig.from_env().name("redis"),
+        command=[
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--appendonly",
+            appendonly,
+            "--save",
+            "",
+        ],
+        ports={"6379/tcp": ("127.0.0.1", port)},
+        labels={"org.atendeai.proof": "redis-aof"},
+        detach=True,
+    )
+    try:
+        store = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        wait_until(store.ping, timeout=30, what="Redis up", retry_on=(Exception,))
+
+        def crash() -> None:
+            container.kill(signal="SIGKILL")
+            container.start()
+
+        assert redis_key_survives_a_crash(store, crash) is survives
+    finally:
+        container.remove(force=True, v=True)

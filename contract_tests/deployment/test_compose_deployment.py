@@ -23,13 +23,19 @@ import psycopg
 import pytest
 import redis
 
-from harness.deployment import NETWORK, PROJECT, ComposeDeployment, compose_deployment
+from harness.deployment import (
+    NETWORK,
+    PROJECT,
+    ComposeDeployment,
+    compose_deployment,
+    redis_key_survives_a_crash,
+)
 from harness.processes import wait_until
 from harness.prometheus_api import PrometheusClient
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.docker, pytest.mark.deployment]
 
 #: The spec's shape: every long-running service of the file (Kong and Grafana
 #: only with their profiles, which need a registry).
@@ -183,21 +189,22 @@ def test_a_clinic_survives_down_and_up_with_the_volumes_kept(deployment):
 def test_a_redis_key_survives_a_crash_of_the_redis_container(deployment, docker_engine):
     stack = deployment.stack()
     store = redis.Redis.from_url(stack.redis_url)
-    marker = f"persistence-check-{time.time_ns()}"
-    store.set(marker, "written before the crash")
     (container,) = [
         c for c in _containers(docker_engine) if c.labels["com.docker.compose.service"] == "redis"
     ]
     pid = container.attrs["State"]["Pid"]
-    os.kill(pid, signal.SIGKILL)  # a crash: `restart: unless-stopped` brings it back
 
-    def back() -> bool:
-        container.reload()
-        state = container.attrs["State"]
-        return state["Running"] and state["Pid"] != pid and store.ping()
+    def crash() -> None:  # a crash: `restart: unless-stopped` brings it back
+        os.kill(pid, signal.SIGKILL)
 
-    wait_until(back, timeout=60, what="Redis restarted by its policy", retry_on=(Exception,))
-    assert store.get(marker) == b"written before the crash"
+        def restarted() -> bool:
+            container.reload()
+            state = container.attrs["State"]
+            return bool(state["Running"] and state["Pid"] != pid)
+
+        wait_until(restarted, timeout=60, what="Redis restarted by its policy", interval=0.2)
+
+    assert redis_key_survives_a_crash(store, crash)
     assert store.config_get("appendonly") == {"appendonly": "yes"}
 
 

@@ -48,11 +48,10 @@ class CriterionResult:
 CRITERIA: tuple[Criterion, ...] = (
     Criterion(
         "functionality", "Todos os serviços Docker iniciando corretamente",
-        "every service of the compose deployment starts and passes its health check",
-        suites=("contract_tests/test_health_and_metrics.py",
-                "contract_tests/observability/test_obs_compose*.py"),
-        not_verifiable="no Docker engine here: the services start as local processes and the "
-        "compose file is validated against the Compose specification",
+        "every service of the compose deployment starts and passes its health check "
+        "(decided by the deployment suite, which brings compose up itself: it runs in "
+        "`make test` and skips against the gate's own stack)",
+        suites=("contract_tests/deployment/*.py",),
     ),
     Criterion(
         "functionality", "Banco de dados PostgreSQL funcionando",
@@ -68,8 +67,8 @@ CRITERIA: tuple[Criterion, ...] = (
         "functionality", "API Gateway Kong roteando requisições",
         "Kong routes requests",
         suites=("contract_tests/observability/test_obs_compose*.py",),
-        not_verifiable="Kong cannot run without a Docker engine; its declarative config is "
-        "validated statically and against the services' routes",
+        not_verifiable="Kong's image exists only in a registry, which these machines do not "
+        "reach; its declarative config is validated statically and against the services' routes",
     ),
     Criterion(
         "functionality", "Load balancer HAProxy funcionando",
@@ -185,6 +184,8 @@ def assess(
             ]  # fmt: skip
             ran = [o for o in matching if o.status != "skipped"]
             bad = [o for o in ran if o.status in ("failed", "error")]
+            if matching and not ran:
+                evidence.append(f"all {len(matching)} tests skipped: {matching[0].message}")
             if ran:
                 decided = True
                 failed |= bool(bad)

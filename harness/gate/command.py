@@ -25,7 +25,13 @@ def add_parser(commands) -> None:
         "Exit 0 go, 1 no-go, 2 a broken run.",
     )
     gate.add_argument("--profile", choices=sorted(PROFILES), default="sla")
-    gate.add_argument("--provider", choices=PROVIDERS, default="local")
+    gate.add_argument(
+        "--provider",
+        choices=PROVIDERS,
+        default="local",
+        help="local (child processes, default), containers (Docker, the project's images), "
+        "external (--stack-json)",
+    )
     gate.add_argument(
         "--stack-json", type=Path, metavar="FILE", help="the running stack (--provider external)"
     )
