@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.deployment import PASSWORDS
 from harness.providers.haproxy import GATEWAY_ROUTES, HEALTH_CHECK_PATH, check_config
 from system_under_test import DEFAULT_PORTS, SERVICES
 
@@ -45,15 +46,8 @@ SPEC_SERVICES = {
 }
 #: Services that run once and exit: a health check means nothing for them.
 ONE_SHOT_JOBS = {"migrate"}
-SECRET_VARIABLES = {
-    "POSTGRES_PASSWORD",
-    "ATENDEAI_OWNER_PASSWORD",
-    "ATENDEAI_APP_PASSWORD",
-    "ATENDEAI_MONITOR_PASSWORD",
-    "REDIS_PASSWORD",
-    "PLATFORM_ADMIN_PASSWORD",
-    "GRAFANA_ADMIN_PASSWORD",
-}
+#: Every secret the compose file needs (also what the deployment suite generates).
+SECRET_VARIABLES = set(PASSWORDS)
 
 
 def tool(name: str) -> str:
