@@ -74,6 +74,18 @@ class PrometheusClient:
             )
         return body["data"]
 
+    # -- configuration
+
+    def scrape_interval_s(self) -> float:
+        """The global scrape interval of the running configuration (1 s locally, 15 s
+        in the compose deployment): how long "the next scrape" can take."""
+        import yaml
+
+        from harness.providers.prometheus import parse_duration
+
+        config = yaml.safe_load(self._get("/api/v1/status/config")["yaml"])
+        return parse_duration(config.get("global", {}).get("scrape_interval", "1m"))
+
     # -- queries
 
     def query(self, promql: str) -> list[dict[str, Any]]:
