@@ -1,14 +1,14 @@
-"""The Docker deployment in compose/, checked with real tools where one exists.
+"""The Docker deployment in compose/, checked statically with real tools (the
+deployment suite, contract_tests/deployment, then starts it for real).
 
-No Docker engine runs here, so nothing in compose/ is started by these tests.
-What is checked:
+What is checked here:
 - docker-compose.yml against the Compose Specification's JSON schema (the
   copy vendored by check-jsonschema, ``--builtin-schema vendor.compose-spec``);
 - the spec's shape: every service present, a health check on every
   long-running one, network atendeai-network 172.20.0.0/16, named volumes,
   Redis with AOF and a password, two replicas per service, no secret in git;
-- haproxy/haproxy.cfg with ``haproxy -c`` (Debian's HAProxy 2.6; the image is 2.8);
-- kong/kong.yml structurally (Kong itself cannot run here);
+- haproxy/haproxy.cfg with ``haproxy -c`` (Debian's HAProxy 2.6, as in the image);
+- kong/kong.yml structurally (Kong's image exists only in a registry: it cannot run here);
 - consistency: every Kong route and every HAProxy backend leads to paths the
   services' live OpenAPI documents serve; the health check path is served by
   every service; the compose and local Prometheus jobs are the same.

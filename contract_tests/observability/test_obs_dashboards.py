@@ -1,6 +1,6 @@
 """The Grafana dashboards: well formed, up to date, and every query runs.
 
-Grafana itself does not run here (no Docker, no Debian package in use): the
+Grafana itself does not run here (its image exists only in a registry): the
 dashboards are checked as the JSON Grafana provisions, and every PromQL
 expression of every panel is run against the local stack's Prometheus after
 traffic that exercises what they chart. Each must run without error and
@@ -34,8 +34,8 @@ SPEC_DASHBOARDS = {
 GRAFANA_VARIABLES = {"$__rate_interval": "1m"}
 #: Panel titles whose queries cannot return data on the local stack, and why.
 NO_DATA_LOCALLY = {
-    "Kong requests per second by status": "Kong runs only in the Docker deployment",
-    "Kong latency p95 (time spent in Kong)": "Kong runs only in the Docker deployment",
+    "Kong requests per second by status": "Kong runs only with the compose profile `gateway`",
+    "Kong latency p95 (time spent in Kong)": "Kong runs only with the compose profile `gateway`",
 }
 
 

@@ -88,7 +88,8 @@ class StackRequest:
 
     - ``provider``: ``local``, ``containers`` or ``external``.
     - ``stack_json``: the running environment, for ``external`` only.
-    - ``service_env``: extra environment for every service (providers that start them).
+    - ``service_env``: extra environment for every service; the external provider
+      starts nothing, so it has none to give (say so with ``()``).
     - ``keep_dir``: keep the run directory (logs, configs) after teardown.
     """
 
@@ -108,6 +109,8 @@ class StackRequest:
             raise ConfigurationError(
                 f"a stack JSON file only applies to the external provider (not {self.provider})"
             )
+        if self.provider == "external" and self.service_env:
+            raise ConfigurationError("the external provider starts no service: no service_env")
         if self.stack_json is not None and not isinstance(self.stack_json, Path):
             object.__setattr__(self, "stack_json", Path(self.stack_json))
         object.__setattr__(self, "service_env", tuple(tuple(p) for p in self.service_env))
