@@ -370,6 +370,77 @@ class ContainersSupervisor:
         )
 
 
+class _Run:
+    """One run's shared state while it starts: what to clean up, the network,
+    the ports still free, the containers started so far (in order)."""
+
+    def __init__(
+        self,
+        config: ContainersStackConfig,
+        resources: ExitStack,
+        *,
+        run_id: str,
+        run_dir: Path,
+        say: Progress,
+    ) -> None:
+        self.config = config
+        self.resources = resources
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.say = say
+        self.network = _network(run_id)
+        resources.callback(self.network.remove)
+        self.subnet = _subnet(self.network)
+        self.log_dir = run_dir / "logs"
+        (self.log_dir / "services").mkdir(parents=True)
+        self.ports = iter(free_ports(32))
+        self.started: list[StackContainer] = []
+
+    def container(self, component: str, image_of: str, **options: Any) -> StackContainer:
+        """A (not yet started) container of this run, from the image of ``image_of``."""
+        return StackContainer(
+            component,
+            self.config.images.name(image_of),
+            run_id=self.run_id,
+            network=self.network,
+            restart_policy=self.config.restart_policy,
+            **options,
+        )
+
+    def start(self, container: StackContainer, *, wait: bool = True) -> StackContainer:
+        """Start it (removed with the run), copy its log to the run directory, and
+        with ``wait`` wait until it is ready."""
+        step = time.monotonic()
+        self.resources.callback(container.remove)
+        try:
+            container.start(wait=wait)
+        except Exception as error:
+            raise _start_error(container, error, self.config.startup_timeout_s) from None
+        self.started.append(container)
+        folder = self.log_dir / "services" if container.is_service else self.log_dir
+        follower = LogFollower(container, folder / f"{container.component}.log")
+        follower.start()
+        self.resources.callback(follower.stop)
+        if wait:
+            self.say(_line(container.component, container, step))
+        return container
+
+
+@dataclass(frozen=True)
+class _Database:
+    container: StackContainer
+    superuser_password: str
+    owner_dsn: str
+    app_dsn: str
+    app_password: str
+    monitor_password: str
+    migrations: tuple[str, ...]
+
+    @property
+    def port(self) -> int:
+        return self.container.published[5432]
+
+
 @contextmanager
 def containers_stack(
     config: ContainersStackConfig | None = None, *, progress: Progress | None = None
@@ -396,343 +467,360 @@ def containers_stack(
         resources.callback(lambda: say(f"containers of run {run_id} removed"))
         resources.callback(_remove_leftovers, run_id)
         say(f"run {run_id}: directory {run_dir}")
-        network = _network(run_id)
-        resources.callback(network.remove)
-        subnet = _subnet(network)
-        log_dir = run_dir / "logs"
-        (log_dir / "services").mkdir(parents=True)
-        started_containers: list[StackContainer] = []
+        run = _Run(config, resources, run_id=run_id, run_dir=run_dir, say=say)
 
-        def start(container: StackContainer, *, wait: bool = True) -> StackContainer:
-            step = time.monotonic()
-            resources.callback(container.remove)
-            try:
-                container.start(wait=wait)
-            except Exception as error:
-                raise _start_error(container, error, config.startup_timeout_s) from None
-            started_containers.append(container)
-            folder = log_dir / "services" if container.is_service else log_dir
-            follower = LogFollower(container, folder / f"{container.component}.log")
-            follower.start()
-            resources.callback(follower.stop)
-            if wait:
-                say(_line(container.component, container, step))
-            return container
-
-        common = {"run_id": run_id, "network": network, "restart_policy": config.restart_policy}
-        images = config.images
-        ports = iter(free_ports(32))
-
-        # 1-2. PostgreSQL, then the database from the host
-        superuser_password = generate_password()
-        postgres = start(
-            StackContainer(
-                "postgres",
-                images.name("postgres"),
-                env={"POSTGRES_PASSWORD": superuser_password},
-                command=["-c", "fsync=off", "-c", "max_connections=200"],
-                ports={5432: next(ports)},
-                wait=_healthcheck(config),
-                **common,
-            )
-        )
-        pg_port = postgres.published[5432]
-        step = time.monotonic()
-        owner_password, app_password = generate_password(), generate_password()
-        monitor_password = generate_password()
-        superuser_dsn = _dsn("postgres", superuser_password, LOOPBACK, pg_port, "postgres")
-        owner_dsn = _dsn(OWNER_ROLE, owner_password, LOOPBACK, pg_port)
-        app_dsn = _dsn(APP_ROLE, app_password, LOOPBACK, pg_port)
-        admin = Credentials(config.platform_admin_email, config.platform_admin_password)
-        applied = prepare_database(
-            superuser_dsn=superuser_dsn,
-            owner_dsn=owner_dsn,
-            owner_password=owner_password,
-            app_password=app_password,
-            monitor_password=monitor_password,
-            platform_admin=admin,
-            log_path=f"docker logs {postgres.name}",
-            log_tail=lambda: postgres.log_tail(20),
-        )
-        say(_timed("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
-
-        # 3. Redis
+        database = _start_database(run)
         redis_password = secrets.token_urlsafe(24)
-        redis = start(
-            StackContainer(
-                "redis",
-                images.name("redis"),
-                command=["/etc/atendeai/redis.conf", "--requirepass", redis_password],
-                env={"REDISCLI_AUTH": redis_password},
-                ports={6379: next(ports)},
-                volumes=[(config.redis_conf, "/etc/atendeai/redis.conf")],
-                wait=_healthcheck(config),
-                **common,
-            )
-        )
-
-        # 4. JWT keys, then the services (all started, then each awaited)
+        redis = _start_redis(run, redis_password)
         keys = generate_jwt_keys(run_dir / "keys")
         for key in (keys.public_key_path, keys.private_key_path):
             _readable_by_platform(key)
-        base_env = {
-            "PYTHONUNBUFFERED": "1",
-            "ATENDEAI_DATABASE_URL": _dsn(APP_ROLE, app_password, "postgres", 5432),
-            "ATENDEAI_REDIS_URL": f"redis://:{redis_password}@redis:6379/0",
-            "ATENDEAI_JWT_PUBLIC_KEY_FILE": "/run/atendeai/jwt-public.pem",
-            "ATENDEAI_JWT_ISSUER": JWT_ISSUER,
-            "ATENDEAI_JWT_AUDIENCE": JWT_AUDIENCE,
-            "ATENDEAI_CORS_ORIGINS": ",".join(config.allowed_origins),
-            "ATENDEAI_LOGIN_LIMIT_PER_CLIENT": config.login_limit_per_client,
-            # HAProxy and the host's published ports reach the services from this network
-            "ATENDEAI_TRUSTED_PROXIES": subnet,
-        }
-        step = time.monotonic()
-        services: list[StackContainer] = []
-        for name in SERVICE_NAMES:
-            port = SERVICE_PORTS[name]
-            env = dict(base_env)
-            volumes = [(keys.public_key_path, "/run/atendeai/jwt-public.pem")]
-            if name == "auth":
-                env["ATENDEAI_JWT_PRIVATE_KEY_FILE"] = "/run/atendeai/jwt-private.pem"
-                volumes.append((keys.private_key_path, "/run/atendeai/jwt-private.pem"))
-            if name == "health":
-                env["ATENDEAI_SERVICE_URLS"] = ",".join(
-                    f"{other}=http://{other}:{SERVICE_PORTS[other]}"
-                    for other in SERVICE_NAMES
-                    if other != "health"
-                )
-            env.update(config.service_env)
-            for index in range(1, config.instances_per_service + 1):
-                services.append(
-                    start(
-                        StackContainer(
-                            f"{name}-{index}",
-                            images.name("platform"),
-                            aliases=(name,),
-                            command=[name, "--host", "0.0.0.0", "--port", str(port)],
-                            env=env,
-                            ports={port: next(ports)},
-                            volumes=volumes,
-                            wait=_http(config, port, "/ready"),
-                            **common,
-                        ),
-                        wait=False,
-                    )
-                )
-        for service in services:
-            try:
-                service.wait_ready()
-            except (TimeoutError, RuntimeError) as error:
-                raise _start_error(service, error, config.startup_timeout_s) from None
-        say(
-            _timed(
-                "services",
-                f"{len(services)} containers, ports "
-                + " ".join(str(next(iter(s.published.values()))) for s in services),
-                step,
-            )
-        )
-
-        # 5. exporters
-        monitor_dsn_inside = _dsn("atendeai_monitor", monitor_password, "postgres", 5432)
-        postgres_exporter = start(
-            StackContainer(
-                "postgres-exporter",
-                images.name("postgres-exporter"),
-                command=[
-                    f"--web.listen-address=:{POSTGRES_EXPORTER_PORT}",
-                    "--extend.query-path=/etc/atendeai/queries.yaml",
-                    "--log.level=warn",
-                ],
-                env={"DATA_SOURCE_NAME": monitor_dsn_inside + "?sslmode=disable"},
-                ports={POSTGRES_EXPORTER_PORT: next(ports)},
-                volumes=[(config.exporter_queries, "/etc/atendeai/queries.yaml")],
-                wait=_http(config, POSTGRES_EXPORTER_PORT, "/metrics", contains="\npg_up 1"),
-                **common,
-            )
-        )
-        redis_exporter = start(
-            StackContainer(
-                "redis-exporter",
-                images.name("redis-exporter"),
-                command=[
-                    "-redis.addr",
-                    "redis://redis:6379",
-                    "-web.listen-address",
-                    f":{REDIS_EXPORTER_PORT}",
-                ],
-                env={"REDIS_PASSWORD": redis_password},
-                ports={REDIS_EXPORTER_PORT: next(ports)},
-                wait=_http(config, REDIS_EXPORTER_PORT, "/metrics", contains="\nredis_up 1"),
-                **common,
-            )
-        )
-
-        # 6. HAProxy
-        backends = [
-            Backend(
-                service=name,
-                path_prefixes=GATEWAY_ROUTES[name],
-                servers=tuple(
-                    (s.component, f"{s.component}:{SERVICE_PORTS[name]}")
-                    for s in services
-                    if s.component.rsplit("-", 1)[0] == name
-                ),
-            )
-            for name in SERVICE_NAMES
-        ]
-        haproxy_dir = run_dir / "haproxy"
-        haproxy_dir.mkdir()
-        (haproxy_dir / "haproxy.cfg").write_text(
-            render_haproxy_config(
-                backends,
-                bind=f":{HAPROXY_PORT}",
-                stats_bind=f":{HAPROXY_STATS_PORT}",
-                settings=config.haproxy,
-                resolver=DOCKER_DNS,
-            )
-        )
-        haproxy = start(
-            StackContainer(
-                "haproxy",
-                images.name("haproxy"),
-                ports={HAPROXY_PORT: next(ports), HAPROXY_STATS_PORT: next(ports)},
-                volumes=[(haproxy_dir / "haproxy.cfg", "/usr/local/etc/haproxy/haproxy.cfg")],
-                wait=_http(config, HAPROXY_STATS_PORT, STATS_PATH),
-                **common,
-            )
-        )
-        _wait_for_servers(haproxy, backends, config.startup_timeout_s)
-
-        # 7. Prometheus
-        prometheus_dir = run_dir / "prometheus"
-        (prometheus_dir / "rules").mkdir(parents=True)
-        rule_targets: list[str] = []
-        if config.prometheus.rules_dir is not None:
-            for source in rule_files_in(config.prometheus.rules_dir):
-                render_rules(
-                    source,
-                    prometheus_dir / "rules" / source.name,
-                    for_cap_s=config.prometheus.rule_for_cap_s,
-                )
-                rule_targets.append(f"/etc/prometheus/rules/{source.name}")
-        jobs = [
-            ScrapeJob(
-                name,
-                tuple(
-                    f"{s.component}:{SERVICE_PORTS[name]}"
-                    for s in services
-                    if s.component.rsplit("-", 1)[0] == name
-                ),
-                labels=(("tier", "service"),),
-            )
-            for name in SERVICE_NAMES
-        ]
-        jobs += [
-            ScrapeJob("haproxy", (f"haproxy:{HAPROXY_STATS_PORT}",), labels=(("tier", "gateway"),)),
-            ScrapeJob(
-                "postgres",
-                (f"postgres-exporter:{POSTGRES_EXPORTER_PORT}",),
-                labels=(("tier", "database"),),
-            ),
-            ScrapeJob(
-                "redis", (f"redis-exporter:{REDIS_EXPORTER_PORT}",), labels=(("tier", "cache"),)
-            ),
-            ScrapeJob("prometheus", (f"localhost:{PROMETHEUS_PORT}",)),
-        ]
-        prometheus_config = render_prometheus_config(
-            jobs,
-            rule_files=[Path(p) for p in rule_targets],
-            scrape_interval_s=config.prometheus.scrape_interval_s,
-            evaluation_interval_s=config.prometheus.evaluation_interval_s,
-        )
-        prometheus_config["global"]["external_labels"] = {"stack": "containers"}
-        (prometheus_dir / "prometheus.yml").write_text(
-            yaml.safe_dump(prometheus_config, sort_keys=False)
-        )
-        for path in prometheus_dir.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        prometheus = start(
-            StackContainer(
-                "prometheus",
-                images.name("prometheus"),
-                command=[
-                    "--config.file=/etc/prometheus/prometheus.yml",
-                    "--storage.tsdb.path=/prometheus",
-                    f"--storage.tsdb.retention.time={config.prometheus.retention}",
-                    f"--web.listen-address=:{PROMETHEUS_PORT}",
-                    "--log.level=warn",
-                ],
-                ports={PROMETHEUS_PORT: next(ports)},
-                volumes=[(prometheus_dir, "/etc/prometheus")],
-                wait=_http(config, PROMETHEUS_PORT, "/-/ready"),
-                **common,
-            )
-        )
+        services = _start_services(run, database, redis_password, keys)
+        exporters = _start_exporters(run, database, redis_password)
+        haproxy = _start_haproxy(run, services)
+        prometheus, jobs = _start_prometheus(run, services)
 
         cold_start = time.monotonic() - started
-        pg_endpoints = PostgresEndpoints(
-            superuser_dsn=_dsn("postgres", superuser_password, LOOPBACK, pg_port, DATABASE),
-            owner_dsn=owner_dsn,
-            app_dsn=app_dsn,
-            host=LOOPBACK,
-            port=pg_port,
-            database=DATABASE,
-        )
-        stack = Stack(
-            provider="containers",
-            postgres=pg_endpoints,
-            redis_url=f"redis://:{redis_password}@{LOOPBACK}:{redis.published[6379]}/0",
-            services={
-                name: s.host_url(SERVICE_PORTS[name])
-                for s in services
-                if (name := s.component.rsplit("-", 1)[0]) and s.component.endswith("-1")
-            },
-            platform_admin=admin,
-            jwt_issuer=JWT_ISSUER,
-            jwt_audience=JWT_AUDIENCE,
-            allowed_origins=config.allowed_origins,
-            service_instances={
-                name: tuple(
-                    s.host_url(SERVICE_PORTS[name])
-                    for s in services
-                    if s.component.rsplit("-", 1)[0] == name
-                )
-                for name in SERVICE_NAMES
-            },
-            haproxy_url=haproxy.host_url(HAPROXY_PORT),
-            haproxy_stats_url=haproxy.host_url(HAPROXY_STATS_PORT, STATS_PATH),
-            prometheus_url=prometheus.host_url(PROMETHEUS_PORT),
-            exporters={
-                "postgres": postgres_exporter.host_url(POSTGRES_EXPORTER_PORT, "/metrics"),
-                "redis": redis_exporter.host_url(REDIS_EXPORTER_PORT, "/metrics"),
-            },
+        stack = _stack_record(
+            run,
+            database=database,
+            redis=redis,
+            redis_password=redis_password,
+            services=services,
+            exporters=exporters,
+            haproxy=haproxy,
+            prometheus=prometheus,
             extra={
-                "run_id": run_id,
-                "run_dir": str(run_dir),
                 "cold_start_seconds": f"{cold_start:.2f}",
-                "migrations": ",".join(applied),
                 "jwt_public_key_file": str(keys.public_key_path),
                 "jwt_private_key_file": str(keys.private_key_path),
-                "services_log_dir": str(log_dir / "services"),
-                "logs_dir": str(log_dir),
-                "haproxy_config": str(haproxy_dir / "haproxy.cfg"),
-                "haproxy_metrics_url": haproxy.host_url(HAPROXY_STATS_PORT, METRICS_PATH),
-                "prometheus_config": str(prometheus_dir / "prometheus.yml"),
                 "prometheus_targets": str(sum(len(job.targets) for job in jobs)),
-                "monitor_dsn": _dsn("atendeai_monitor", monitor_password, LOOPBACK, pg_port),
-                "network": network.name,
-                "network_subnet": subnet,
             },
         )
         supervisor = ContainersSupervisor(
-            started_containers, log_dir=log_dir, restart_timeout_s=config.startup_timeout_s
+            run.started, log_dir=run.log_dir, restart_timeout_s=config.startup_timeout_s
         )
-        say(f"stack ready in {cold_start:.2f} s ({len(started_containers)} containers)")
+        say(f"stack ready in {cold_start:.2f} s ({len(run.started)} containers)")
         resources.callback(say, "removing the containers")
         outcome["started"] = True
         yield RunningStack(stack, supervisor)
+
+
+def _start_database(run: _Run) -> _Database:
+    """PostgreSQL (awaited on its health check), then, from the host through its
+    published port, roles, migrations, the monitoring role and the platform admin."""
+    superuser_password = generate_password()
+    postgres = run.start(
+        run.container(
+            "postgres",
+            "postgres",
+            env={"POSTGRES_PASSWORD": superuser_password},
+            command=["-c", "fsync=off", "-c", "max_connections=200"],
+            ports={5432: next(run.ports)},
+            wait=_healthcheck(run.config),
+        )
+    )
+    port = postgres.published[5432]
+    step = time.monotonic()
+    owner_password, app_password = generate_password(), generate_password()
+    monitor_password = generate_password()
+    owner_dsn = _dsn(OWNER_ROLE, owner_password, LOOPBACK, port)
+    applied = prepare_database(
+        superuser_dsn=_dsn("postgres", superuser_password, LOOPBACK, port, "postgres"),
+        owner_dsn=owner_dsn,
+        owner_password=owner_password,
+        app_password=app_password,
+        monitor_password=monitor_password,
+        platform_admin=_admin(run.config),
+        log_path=f"docker logs {postgres.name}",
+        log_tail=lambda: postgres.log_tail(20),
+    )
+    run.say(_timed("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
+    return _Database(
+        container=postgres,
+        superuser_password=superuser_password,
+        owner_dsn=owner_dsn,
+        app_dsn=_dsn(APP_ROLE, app_password, LOOPBACK, port),
+        app_password=app_password,
+        monitor_password=monitor_password,
+        migrations=tuple(applied),
+    )
+
+
+def _start_redis(run: _Run, password: str) -> StackContainer:
+    """Redis with the deployment's redis.conf (AOF) and a password."""
+    return run.start(
+        run.container(
+            "redis",
+            "redis",
+            command=["/etc/atendeai/redis.conf", "--requirepass", password],
+            env={"REDISCLI_AUTH": password},
+            ports={6379: next(run.ports)},
+            volumes=[(run.config.redis_conf, "/etc/atendeai/redis.conf")],
+            wait=_healthcheck(run.config),
+        )
+    )
+
+
+def _start_services(
+    run: _Run, database: _Database, redis_password: str, keys: Any
+) -> list[StackContainer]:
+    """Every instance of every service, all started, then each awaited on ``/ready``."""
+    config = run.config
+    base_env = {
+        "PYTHONUNBUFFERED": "1",
+        "ATENDEAI_DATABASE_URL": _dsn(APP_ROLE, database.app_password, "postgres", 5432),
+        "ATENDEAI_REDIS_URL": f"redis://:{redis_password}@redis:6379/0",
+        "ATENDEAI_JWT_PUBLIC_KEY_FILE": "/run/atendeai/jwt-public.pem",
+        "ATENDEAI_JWT_ISSUER": JWT_ISSUER,
+        "ATENDEAI_JWT_AUDIENCE": JWT_AUDIENCE,
+        "ATENDEAI_CORS_ORIGINS": ",".join(config.allowed_origins),
+        "ATENDEAI_LOGIN_LIMIT_PER_CLIENT": config.login_limit_per_client,
+        # HAProxy and the host's published ports reach the services from this network
+        "ATENDEAI_TRUSTED_PROXIES": run.subnet,
+    }
+    step = time.monotonic()
+    services: list[StackContainer] = []
+    for name in SERVICE_NAMES:
+        port = SERVICE_PORTS[name]
+        env = dict(base_env)
+        volumes = [(keys.public_key_path, "/run/atendeai/jwt-public.pem")]
+        if name == "auth":
+            env["ATENDEAI_JWT_PRIVATE_KEY_FILE"] = "/run/atendeai/jwt-private.pem"
+            volumes.append((keys.private_key_path, "/run/atendeai/jwt-private.pem"))
+        if name == "health":
+            env["ATENDEAI_SERVICE_URLS"] = ",".join(
+                f"{other}=http://{other}:{SERVICE_PORTS[other]}"
+                for other in SERVICE_NAMES
+                if other != "health"
+            )
+        env.update(config.service_env)
+        for index in range(1, config.instances_per_service + 1):
+            container = run.container(
+                f"{name}-{index}",
+                "platform",
+                aliases=(name,),
+                command=[name, "--host", "0.0.0.0", "--port", str(port)],
+                env=env,
+                ports={port: next(run.ports)},
+                volumes=volumes,
+                wait=_http(config, port, "/ready"),
+            )
+            services.append(run.start(container, wait=False))
+    for service in services:
+        try:
+            service.wait_ready()
+        except (TimeoutError, RuntimeError) as error:
+            raise _start_error(service, error, config.startup_timeout_s) from None
+    ports = " ".join(str(next(iter(s.published.values()))) for s in services)
+    run.say(_timed("services", f"{len(services)} containers, ports {ports}", step))
+    return services
+
+
+def _start_exporters(
+    run: _Run, database: _Database, redis_password: str
+) -> dict[str, StackContainer]:
+    """The PostgreSQL exporter (as ``atendeai_monitor``) and the Redis exporter."""
+    monitor = _dsn("atendeai_monitor", database.monitor_password, "postgres", 5432)
+    postgres_exporter = run.start(
+        run.container(
+            "postgres-exporter",
+            "postgres-exporter",
+            command=[
+                f"--web.listen-address=:{POSTGRES_EXPORTER_PORT}",
+                "--extend.query-path=/etc/atendeai/queries.yaml",
+                "--log.level=warn",
+            ],
+            env={"DATA_SOURCE_NAME": monitor + "?sslmode=disable"},
+            ports={POSTGRES_EXPORTER_PORT: next(run.ports)},
+            volumes=[(run.config.exporter_queries, "/etc/atendeai/queries.yaml")],
+            wait=_http(run.config, POSTGRES_EXPORTER_PORT, "/metrics", contains="\npg_up 1"),
+        )
+    )
+    redis_exporter = run.start(
+        run.container(
+            "redis-exporter",
+            "redis-exporter",
+            command=[
+                "-redis.addr",
+                "redis://redis:6379",
+                "-web.listen-address",
+                f":{REDIS_EXPORTER_PORT}",
+            ],
+            env={"REDIS_PASSWORD": redis_password},
+            ports={REDIS_EXPORTER_PORT: next(run.ports)},
+            wait=_http(run.config, REDIS_EXPORTER_PORT, "/metrics", contains="\nredis_up 1"),
+        )
+    )
+    return {"postgres": postgres_exporter, "redis": redis_exporter}
+
+
+def _instances(services: Sequence[StackContainer], name: str) -> list[StackContainer]:
+    return [s for s in services if s.component.rsplit("-", 1)[0] == name]
+
+
+def _start_haproxy(run: _Run, services: Sequence[StackContainer]) -> StackContainer:
+    """HAProxy with the local provider's rendered config, resolving through Docker's
+    DNS; awaited until every instance is listed with a passing check."""
+    backends = [
+        Backend(
+            service=name,
+            path_prefixes=GATEWAY_ROUTES[name],
+            servers=tuple(
+                (s.component, f"{s.component}:{SERVICE_PORTS[name]}")
+                for s in _instances(services, name)
+            ),
+        )
+        for name in SERVICE_NAMES
+    ]
+    config_path = run.run_dir / "haproxy" / "haproxy.cfg"
+    config_path.parent.mkdir()
+    config_path.write_text(
+        render_haproxy_config(
+            backends,
+            bind=f":{HAPROXY_PORT}",
+            stats_bind=f":{HAPROXY_STATS_PORT}",
+            settings=run.config.haproxy,
+            resolver=DOCKER_DNS,
+        )
+    )
+    haproxy = run.start(
+        run.container(
+            "haproxy",
+            "haproxy",
+            ports={HAPROXY_PORT: next(run.ports), HAPROXY_STATS_PORT: next(run.ports)},
+            volumes=[(config_path, "/usr/local/etc/haproxy/haproxy.cfg")],
+            wait=_http(run.config, HAPROXY_STATS_PORT, STATS_PATH),
+        )
+    )
+    _wait_for_servers(haproxy, backends, run.config.startup_timeout_s)
+    return haproxy
+
+
+def _start_prometheus(
+    run: _Run, services: Sequence[StackContainer]
+) -> tuple[StackContainer, list[ScrapeJob]]:
+    """Prometheus scraping every instance, HAProxy, both exporters and itself, with
+    the compose rules (``for:`` capped when the settings say so)."""
+    settings = run.config.prometheus
+    directory = run.run_dir / "prometheus"
+    (directory / "rules").mkdir(parents=True)
+    rule_files: list[Path] = []
+    if settings.rules_dir is not None:
+        for source in rule_files_in(settings.rules_dir):
+            render_rules(
+                source, directory / "rules" / source.name, for_cap_s=settings.rule_for_cap_s
+            )
+            rule_files.append(Path("/etc/prometheus/rules") / source.name)
+    jobs = [
+        ScrapeJob(
+            name,
+            tuple(f"{s.component}:{SERVICE_PORTS[name]}" for s in _instances(services, name)),
+            labels=(("tier", "service"),),
+        )
+        for name in SERVICE_NAMES
+    ]
+    jobs += [
+        ScrapeJob("haproxy", (f"haproxy:{HAPROXY_STATS_PORT}",), labels=(("tier", "gateway"),)),
+        ScrapeJob(
+            "postgres",
+            (f"postgres-exporter:{POSTGRES_EXPORTER_PORT}",),
+            labels=(("tier", "database"),),
+        ),
+        ScrapeJob("redis", (f"redis-exporter:{REDIS_EXPORTER_PORT}",), labels=(("tier", "cache"),)),
+        ScrapeJob("prometheus", (f"localhost:{PROMETHEUS_PORT}",)),
+    ]
+    config = render_prometheus_config(
+        jobs,
+        rule_files=rule_files,
+        scrape_interval_s=settings.scrape_interval_s,
+        evaluation_interval_s=settings.evaluation_interval_s,
+    )
+    config["global"]["external_labels"] = {"stack": "containers"}
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for path in directory.rglob("*"):  # the image runs Prometheus as its own user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    prometheus = run.start(
+        run.container(
+            "prometheus",
+            "prometheus",
+            command=[
+                "--config.file=/etc/prometheus/prometheus.yml",
+                "--storage.tsdb.path=/prometheus",
+                f"--storage.tsdb.retention.time={settings.retention}",
+                f"--web.listen-address=:{PROMETHEUS_PORT}",
+                "--log.level=warn",
+            ],
+            ports={PROMETHEUS_PORT: next(run.ports)},
+            volumes=[(directory, "/etc/prometheus")],
+            wait=_http(run.config, PROMETHEUS_PORT, "/-/ready"),
+        )
+    )
+    return prometheus, jobs
+
+
+def _stack_record(
+    run: _Run,
+    *,
+    database: _Database,
+    redis: StackContainer,
+    redis_password: str,
+    services: Sequence[StackContainer],
+    exporters: Mapping[str, StackContainer],
+    haproxy: StackContainer,
+    prometheus: StackContainer,
+    extra: Mapping[str, str],
+) -> Stack:
+    """The ``Stack``: every endpoint through its 127.0.0.1 port."""
+    instances = {
+        name: tuple(s.host_url(SERVICE_PORTS[name]) for s in _instances(services, name))
+        for name in SERVICE_NAMES
+    }
+    return Stack(
+        provider="containers",
+        postgres=PostgresEndpoints(
+            superuser_dsn=_dsn("postgres", database.superuser_password, LOOPBACK, database.port),
+            owner_dsn=database.owner_dsn,
+            app_dsn=database.app_dsn,
+            host=LOOPBACK,
+            port=database.port,
+            database=DATABASE,
+        ),
+        redis_url=f"redis://:{redis_password}@{LOOPBACK}:{redis.published[6379]}/0",
+        services={name: urls[0] for name, urls in instances.items()},
+        platform_admin=_admin(run.config),
+        jwt_issuer=JWT_ISSUER,
+        jwt_audience=JWT_AUDIENCE,
+        allowed_origins=run.config.allowed_origins,
+        service_instances=instances,
+        haproxy_url=haproxy.host_url(HAPROXY_PORT),
+        haproxy_stats_url=haproxy.host_url(HAPROXY_STATS_PORT, STATS_PATH),
+        prometheus_url=prometheus.host_url(PROMETHEUS_PORT),
+        exporters={
+            "postgres": exporters["postgres"].host_url(POSTGRES_EXPORTER_PORT, "/metrics"),
+            "redis": exporters["redis"].host_url(REDIS_EXPORTER_PORT, "/metrics"),
+        },
+        extra={
+            "run_id": run.run_id,
+            "run_dir": str(run.run_dir),
+            "migrations": ",".join(database.migrations),
+            "services_log_dir": str(run.log_dir / "services"),
+            "logs_dir": str(run.log_dir),
+            "haproxy_config": str(run.run_dir / "haproxy" / "haproxy.cfg"),
+            "haproxy_metrics_url": haproxy.host_url(HAPROXY_STATS_PORT, METRICS_PATH),
+            "prometheus_config": str(run.run_dir / "prometheus" / "prometheus.yml"),
+            "monitor_dsn": _dsn(
+                "atendeai_monitor", database.monitor_password, LOOPBACK, database.port
+            ),
+            "network": run.network.name,
+            "network_subnet": run.subnet,
+            **extra,
+        },
+    )
+
+
+def _admin(config: ContainersStackConfig) -> Credentials:
+    return Credentials(config.platform_admin_email, config.platform_admin_password)
 
 
 def _line(component: str, container: StackContainer, since: float) -> str:
