@@ -63,11 +63,10 @@ from harness.providers.database import (
 from harness.providers.haproxy import (
     GATEWAY_ROUTES,
     METRICS_PATH,
-    PASSED_OR_PENDING,
     STATS_PATH,
     Backend,
+    every_server_listed_and_passing,
     render_haproxy_config,
-    server_checks,
 )
 from harness.providers.options import StackOptions, generate_password
 from harness.providers.prometheus import (
@@ -885,14 +884,9 @@ def _readable_by_platform(path: Path) -> None:
 def _wait_for_servers(haproxy: StackContainer, backends: Sequence[Backend], timeout: float) -> None:
     import httpx
 
-    expected = {f"{b.service}/{name}" for b in backends for name, _ in b.servers}
-
     def every_server_passes() -> bool:
-        text = httpx.get(haproxy.host_url(HAPROXY_STATS_PORT, f"{STATS_PATH};csv"), timeout=2).text
-        checks = server_checks(text)
-        missing = expected - set(checks)
-        failing = {k: v for k, v in checks.items() if v not in PASSED_OR_PENDING}
-        return not missing and not failing
+        stats = haproxy.host_url(HAPROXY_STATS_PORT, f"{STATS_PATH};csv")
+        return every_server_listed_and_passing(httpx.get(stats, timeout=2).text, backends)
 
     try:
         wait_until(

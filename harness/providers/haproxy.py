@@ -236,15 +236,23 @@ class LocalHAProxy(HttpDaemon):
         check at a random moment within the check interval, and the services
         were awaited on ``GET /ready`` already); a failed check does not.
         """
-        checks = server_checks(self._get(f"{STATS_PATH};csv", port_index=1))
-        expected = {f"{b.service}/{name}" for b in self.backends for name, _ in b.servers}
-        missing = expected - set(checks)
-        failing = {name: check for name, check in checks.items() if check not in PASSED_OR_PENDING}
-        if missing:
-            raise NotReadyYet(f"servers missing from the stats page: {sorted(missing)}")
-        if failing:
-            raise ServerCheckFailed(f"health checks failing: {failing}")
-        return True
+        return every_server_listed_and_passing(
+            self._get(f"{STATS_PATH};csv", port_index=1), self.backends
+        )
+
+
+def every_server_listed_and_passing(stats_csv: str, backends: Sequence[Backend]) -> bool:
+    """True when the stats page lists every server of ``backends`` and none fails its
+    check; otherwise ``NotReadyYet`` (missing) or ``ServerCheckFailed`` (failing)."""
+    checks = server_checks(stats_csv)
+    expected = {f"{b.service}/{name}" for b in backends for name, _ in b.servers}
+    missing = expected - set(checks)
+    failing = {name: check for name, check in checks.items() if check not in PASSED_OR_PENDING}
+    if missing:
+        raise NotReadyYet(f"servers missing from the stats page: {sorted(missing)}")
+    if failing:
+        raise ServerCheckFailed(f"health checks failing: {failing}")
+    return True
 
 
 def server_rows(stats_csv: str) -> dict[str, dict[str, str]]:
@@ -273,6 +281,7 @@ __all__ = [
     "HAProxySettings",
     "LocalHAProxy",
     "check_config",
+    "every_server_listed_and_passing",
     "render_haproxy_config",
     "server_checks",
     "server_rows",
