@@ -33,15 +33,16 @@ from harness.exceptions import ComponentStartError, ConfigurationError
 from harness.images import ImageConfig, ensure_images
 from harness.keys import generate_jwt_keys
 from harness.processes import LOOPBACK, free_ports
-from harness.providers.database import APP_ROLE, DATABASE, OWNER_ROLE
+from harness.providers.database import APP_ROLE, DATABASE, OWNER_ROLE, postgres_dsn
+from harness.providers.exporters import monitor_dsn
 from harness.providers.prometheus import COMPOSE_DIR
 from harness.stack import Credentials, PostgresEndpoints, Stack
+from system_under_test import DEFAULT_PORTS as SERVICE_PORTS
 
 Progress = Callable[[str], None]
 
 PROJECT = "atendeai"
 NETWORK = "atendeai-network"
-SERVICE_PORTS = {"auth": 3001, "users": 3002, "clinics": 3003, "health": 3004}
 #: ``.env`` variables that hold a host port, and the container port behind each.
 HOST_PORTS = {
     "HAPROXY_HOST_PORT": 80,
@@ -142,8 +143,8 @@ class ComposeDeployment:
         env = self.env
         pg_port = int(env["POSTGRES_HOST_PORT"])
 
-        def dsn(user: str, password: str, database: str = DATABASE) -> str:
-            return f"postgresql://{user}:{password}@{LOOPBACK}:{pg_port}/{database}"
+        def dsn(user: str, password: str) -> str:
+            return postgres_dsn(user, password, LOOPBACK, pg_port)
 
         instances = {
             name: tuple(self.published_url(c, port) for c in self.containers(name))
@@ -181,7 +182,9 @@ class ComposeDeployment:
                 "jwt_public_key_file": str(self.work_dir / "secrets" / "jwt-public.pem"),
                 "jwt_private_key_file": str(self.work_dir / "secrets" / "jwt-private.pem"),
                 "haproxy_metrics_url": f"{stats}/metrics",
-                "monitor_dsn": dsn("atendeai_monitor", env["ATENDEAI_MONITOR_PASSWORD"]),
+                "monitor_dsn": monitor_dsn(
+                    LOOPBACK, pg_port, DATABASE, env["ATENDEAI_MONITOR_PASSWORD"]
+                ),
                 # 8 service replicas, HAProxy, both exporters, Prometheus (Kong: no profile)
                 "prometheus_targets": str(sum(len(u) for u in instances.values()) + 4),
                 "compose_file": str(Path(self.compose.context) / "docker-compose.yml"),

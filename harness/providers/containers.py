@@ -58,8 +58,10 @@ from harness.providers.database import (
     JWT_AUDIENCE,
     JWT_ISSUER,
     OWNER_ROLE,
+    postgres_dsn,
     prepare_database,
 )
+from harness.providers.exporters import monitor_dsn
 from harness.providers.haproxy import (
     GATEWAY_ROUTES,
     METRICS_PATH,
@@ -78,6 +80,7 @@ from harness.providers.prometheus import (
 )
 from harness.providers.services import SERVICE_NAMES
 from harness.stack import Credentials, PostgresEndpoints, Stack
+from system_under_test import DEFAULT_PORTS as SERVICE_PORTS
 
 Progress = Callable[[str], None]
 
@@ -86,8 +89,6 @@ COMPONENT_LABEL = "org.atendeai.component"
 #: The pid of the process that started the run: a run whose owner is gone
 #: (killed with SIGKILL, which nothing can catch) is removed by the next one.
 OWNER_LABEL = "org.atendeai.owner-pid"
-#: The port each service listens on inside its container (the spec's ports).
-SERVICE_PORTS = {"auth": 3001, "users": 3002, "clinics": 3003, "health": 3004}
 #: UID of the platform image's user: it must be able to read the mounted keys.
 PLATFORM_UID = 10001
 DOCKER_DNS = "127.0.0.11:53"
@@ -523,9 +524,9 @@ def _start_database(run: _Run) -> _Database:
     step = time.monotonic()
     owner_password, app_password = generate_password(), generate_password()
     monitor_password = generate_password()
-    owner_dsn = _dsn(OWNER_ROLE, owner_password, LOOPBACK, port)
+    owner_dsn = postgres_dsn(OWNER_ROLE, owner_password, LOOPBACK, port)
     applied = prepare_database(
-        superuser_dsn=_dsn("postgres", superuser_password, LOOPBACK, port, "postgres"),
+        superuser_dsn=postgres_dsn("postgres", superuser_password, LOOPBACK, port, "postgres"),
         owner_dsn=owner_dsn,
         owner_password=owner_password,
         app_password=app_password,
@@ -539,7 +540,7 @@ def _start_database(run: _Run) -> _Database:
         container=postgres,
         superuser_password=superuser_password,
         owner_dsn=owner_dsn,
-        app_dsn=_dsn(APP_ROLE, app_password, LOOPBACK, port),
+        app_dsn=postgres_dsn(APP_ROLE, app_password, LOOPBACK, port),
         app_password=app_password,
         monitor_password=monitor_password,
         migrations=tuple(applied),
@@ -568,7 +569,7 @@ def _start_services(
     config = run.config
     base_env = {
         "PYTHONUNBUFFERED": "1",
-        "ATENDEAI_DATABASE_URL": _dsn(APP_ROLE, database.app_password, "postgres", 5432),
+        "ATENDEAI_DATABASE_URL": postgres_dsn(APP_ROLE, database.app_password, "postgres", 5432),
         "ATENDEAI_REDIS_URL": f"redis://:{redis_password}@redis:6379/0",
         "ATENDEAI_JWT_PUBLIC_KEY_FILE": "/run/atendeai/jwt-public.pem",
         "ATENDEAI_JWT_ISSUER": JWT_ISSUER,
@@ -620,7 +621,7 @@ def _start_exporters(
     run: _Run, database: _Database, redis_password: str
 ) -> dict[str, StackContainer]:
     """The PostgreSQL exporter (as ``atendeai_monitor``) and the Redis exporter."""
-    monitor = _dsn("atendeai_monitor", database.monitor_password, "postgres", 5432)
+    monitor = monitor_dsn("postgres", 5432, DATABASE, database.monitor_password)
     postgres_exporter = run.start(
         run.container(
             "postgres-exporter",
@@ -778,7 +779,9 @@ def _stack_record(
     return Stack(
         provider="containers",
         postgres=PostgresEndpoints(
-            superuser_dsn=_dsn("postgres", database.superuser_password, LOOPBACK, database.port),
+            superuser_dsn=postgres_dsn(
+                "postgres", database.superuser_password, LOOPBACK, database.port
+            ),
             owner_dsn=database.owner_dsn,
             app_dsn=database.app_dsn,
             host=LOOPBACK,
@@ -808,8 +811,8 @@ def _stack_record(
             "haproxy_config": str(run.run_dir / "haproxy" / "haproxy.cfg"),
             "haproxy_metrics_url": haproxy.host_url(HAPROXY_STATS_PORT, METRICS_PATH),
             "prometheus_config": str(run.run_dir / "prometheus" / "prometheus.yml"),
-            "monitor_dsn": _dsn(
-                "atendeai_monitor", database.monitor_password, LOOPBACK, database.port
+            "monitor_dsn": monitor_dsn(
+                LOOPBACK, database.port, DATABASE, database.monitor_password
             ),
             "network": run.network.name,
             "network_subnet": run.subnet,
@@ -829,10 +832,6 @@ def _line(component: str, container: StackContainer, since: float) -> str:
 
 def _timed(component: str, where: str, since: float) -> str:
     return f"{component:<17} {where:<40} {time.monotonic() - since:5.2f} s"
-
-
-def _dsn(user: str, password: str, host: str, port: int, database: str = DATABASE) -> str:
-    return f"postgresql://{user}:{password}@{host}:{port}/{database}"
 
 
 def _healthcheck(config: ContainersStackConfig) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from harness.exceptions import ComponentStartError, HarnessError
 from harness.providers.exporters import ensure_monitoring_role
@@ -17,6 +18,13 @@ OWNER_ROLE = "atendeai_owner"
 APP_ROLE = "atendeai_app"
 JWT_ISSUER = "atendeai-auth"
 JWT_AUDIENCE = "atendeai-api"
+
+
+def postgres_dsn(user: str, password: str, host: str, port: int, database: str = DATABASE) -> str:
+    """A TCP connection URL (user and password quoted)."""
+    return (
+        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
+    )
 
 
 def prepare_database(
@@ -68,5 +76,6 @@ __all__ = [
     "JWT_AUDIENCE",
     "JWT_ISSUER",
     "OWNER_ROLE",
+    "postgres_dsn",
     "prepare_database",
 ]
