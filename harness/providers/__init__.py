@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from harness.exceptions import ConfigurationError
+from harness.providers.rundir import Progress
 from harness.stack import Stack
 
 PROVIDERS = ("local", "external", "containers")
-
-Progress = Callable[[str], None]
 
 
 class Supervisor(Protocol):

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,11 +76,10 @@ from harness.providers.prometheus import (
     render_rules,
     rule_files_in,
 )
+from harness.providers.rundir import Progress, make_run_dir, print_progress, remove_run_dir
 from harness.providers.services import SERVICE_NAMES
 from harness.stack import Credentials, PostgresEndpoints, Stack
 from system_under_test import DEFAULT_PORTS as SERVICE_PORTS
-
-Progress = Callable[[str], None]
 
 RUN_LABEL = "org.atendeai.run"
 COMPONENT_LABEL = "org.atendeai.component"
@@ -95,12 +92,6 @@ DOCKER_DNS = "127.0.0.11:53"
 HAPROXY_PORT, HAPROXY_STATS_PORT = 8080, 8404
 PROMETHEUS_PORT = 9090
 POSTGRES_EXPORTER_PORT, REDIS_EXPORTER_PORT = 9187, 9121
-
-
-def _print_progress(line: str) -> None:
-    import sys
-
-    print(f"atendeai: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -447,7 +438,7 @@ def containers_stack(
 ) -> Iterator[RunningStack]:
     """Bring the whole stack up as containers; yield it with its supervisor; remove it."""
     config = ContainersStackConfig() if config is None else config
-    say = progress or _print_progress
+    say = progress or print_progress
     started = time.monotonic()
     if config.build_images:
         ensure_images(config.images, progress=say)
@@ -456,13 +447,10 @@ def containers_stack(
         say(f"removed the containers of run {orphan}, whose owner process is gone")
 
     with ExitStack() as resources:
-        run_dir = Path(tempfile.mkdtemp(prefix="atendeai-containers-", dir=config.base_dir))
-        run_dir.chmod(0o755)
+        run_dir = make_run_dir(config.base_dir, prefix="atendeai-containers-")
         outcome = {"started": False}
         resources.callback(
-            lambda: _remove_run_dir(
-                run_dir, keep=config.keep_dir or not outcome["started"], say=say
-            )
+            lambda: remove_run_dir(run_dir, keep=config.keep_dir or not outcome["started"], say=say)
         )
         resources.callback(lambda: say(f"containers of run {run_id} removed"))
         resources.callback(_remove_leftovers, run_id)
@@ -959,13 +947,6 @@ def remove_orphaned_runs() -> list[str]:
 def _owner_alive(labels: Mapping[str, str]) -> bool:
     owner = labels.get(OWNER_LABEL, "")
     return not owner.isdigit() or Path(f"/proc/{owner}").exists()
-
-
-def _remove_run_dir(run_dir: Path, *, keep: bool, say: Progress) -> None:
-    if keep:
-        say(f"kept {run_dir} (configs, keys and logs)")
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 __all__ = [

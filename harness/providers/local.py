@@ -35,12 +35,9 @@ recovery drill (``harness.gate.recovery``).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,16 +67,9 @@ from harness.providers.prometheus import (
     ScrapeJob,
 )
 from harness.providers.redis import LocalRedis
+from harness.providers.rundir import Progress, make_run_dir, print_progress, remove_run_dir
 from harness.providers.services import SERVICE_NAMES, RunningService, running_services
 from harness.stack import Credentials, PostgresEndpoints, Stack
-
-Progress = Callable[[str], None]
-
-
-def print_progress(line: str) -> None:
-    """The default ``progress`` callback: one line to stderr, flushed."""
-    print(f"atendeai: {line}", file=sys.stderr, flush=True)
-
 
 #: The custom queries of the PostgreSQL exporter (business gauges), shared with compose.
 DEFAULT_EXPORTER_QUERIES = COMPOSE_DIR / "postgres-exporter" / "queries.yaml"
@@ -234,13 +224,11 @@ def supervised_local_stack(
     started = time.monotonic()
 
     with ExitStack() as resources:
-        run_dir = _make_run_dir(config.base_dir)
+        run_dir = make_run_dir(config.base_dir, prefix="atendeai-stack-")
         # A failed start keeps its logs: the error message points into them.
         outcome = {"started": False}
         resources.callback(
-            lambda: _remove_run_dir(
-                run_dir, keep=config.keep_dir or not outcome["started"], say=say
-            )
+            lambda: remove_run_dir(run_dir, keep=config.keep_dir or not outcome["started"], say=say)
         )
         resources.callback(say, "stack stopped")
         say(f"run directory {run_dir}")
@@ -497,26 +485,6 @@ def _scrape_jobs(
         ScrapeJob("redis", (redis_exporter,), labels=(("tier", "cache"),)),
     ]
     return jobs
-
-
-def _make_run_dir(base_dir: Path | None) -> Path:
-    if base_dir is not None:
-        try:
-            base_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigurationError(f"cannot create base directory {base_dir}: {error}") from None
-    run_dir = Path(tempfile.mkdtemp(prefix="atendeai-stack-", dir=base_dir))
-    # PostgreSQL runs as another OS user when we are root: it must be able to
-    # walk into the run directory (the secrets inside are mode 0600/0700).
-    run_dir.chmod(0o755)
-    return run_dir
-
-
-def _remove_run_dir(run_dir: Path, *, keep: bool, say: Progress) -> None:
-    if keep:
-        say(f"kept {run_dir} (logs and data)")
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _service_base_env(
