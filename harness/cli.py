@@ -25,10 +25,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TextIO
 
 from harness.argtypes import env_pair, positive_number
 from harness.exceptions import ConfigurationError, HarnessError
@@ -172,32 +172,22 @@ def cmd_images_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _up_stack(args: argparse.Namespace) -> AbstractContextManager[Any]:
-    """The provider's context manager for ``up`` (configuration checked here, once)."""
-    options: dict[str, Any] = {
-        "base_dir": args.base_dir,
-        "keep_dir": args.keep_dir,
-        "service_env": tuple(args.service_env),
-    }
-    if args.startup_timeout is not None:
-        options["startup_timeout_s"] = args.startup_timeout
-    if args.provider == "containers":
-        from harness.providers.containers import ContainersStackConfig, containers_stack
-
-        return containers_stack(ContainersStackConfig(**options))
-    from harness.providers.local import LocalStackConfig, supervised_local_stack
-
-    return supervised_local_stack(LocalStackConfig(**options))
-
-
 def cmd_up(args: argparse.Namespace) -> int:
+    from harness.providers import StackRequest, open_stack
+
     json_path: Path | None = args.json
     try:
         if json_path is not None and not json_path.parent.is_dir():
             raise ConfigurationError(
                 f"--json {json_path}: directory {json_path.parent} does not exist"
             )
-        stack_manager = _up_stack(args)
+        request = StackRequest(
+            provider=args.provider,
+            service_env=tuple(args.service_env),
+            keep_dir=args.keep_dir,
+            base_dir=args.base_dir,
+            startup_timeout_s=args.startup_timeout,
+        )
     except ConfigurationError as error:
         print(f"{PROG} up: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -205,7 +195,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with _sigterm_as_interrupt():
         try:
-            with stack_manager as running:
+            with open_stack(request) as running:
                 stack = running.stack
                 cold_start = time.monotonic() - started
                 if json_path is not None:

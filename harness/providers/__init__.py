@@ -90,12 +90,17 @@ class StackRequest:
     - ``service_env``: extra environment for every service; the external provider
       starts nothing, so it has none to give (say so with ``()``).
     - ``keep_dir``: keep the run directory (logs, configs) after teardown.
+    - ``base_dir``: where the run directory is made (``None``: the system temp dir).
+    - ``startup_timeout_s``: how long each component may take to become ready
+      (``None``: the provider's default, 30 s local, 90 s containers).
     """
 
     provider: str = "local"
     stack_json: Path | None = None
     service_env: tuple[tuple[str, str], ...] = ()
     keep_dir: bool = False
+    base_dir: Path | None = None
+    startup_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -110,8 +115,14 @@ class StackRequest:
             )
         if self.provider == "external" and self.service_env:
             raise ConfigurationError("the external provider starts no service: no service_env")
-        if self.stack_json is not None and not isinstance(self.stack_json, Path):
-            object.__setattr__(self, "stack_json", Path(self.stack_json))
+        if self.startup_timeout_s is not None and self.startup_timeout_s <= 0:
+            raise ConfigurationError(
+                f"startup_timeout_s must be positive, not {self.startup_timeout_s}"
+            )
+        for name in ("stack_json", "base_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "service_env", tuple(tuple(p) for p in self.service_env))
 
 
@@ -125,17 +136,22 @@ def open_stack(
         with external_stack(request.stack_json) as stack:
             yield RunningStack(stack)
         return
+    options: dict[str, Any] = {
+        "service_env": request.service_env,
+        "keep_dir": request.keep_dir,
+        "base_dir": request.base_dir,
+    }
+    if request.startup_timeout_s is not None:
+        options["startup_timeout_s"] = request.startup_timeout_s
     if request.provider == "local":
         from harness.providers.local import LocalStackConfig, supervised_local_stack
 
-        config = LocalStackConfig(service_env=request.service_env, keep_dir=request.keep_dir)
-        with supervised_local_stack(config, progress=progress) as control:
+        with supervised_local_stack(LocalStackConfig(**options), progress=progress) as control:
             yield RunningStack(control.stack, control)
         return
     from harness.providers.containers import ContainersStackConfig, containers_stack
 
-    containers = ContainersStackConfig(service_env=request.service_env, keep_dir=request.keep_dir)
-    with containers_stack(containers, progress=progress) as running:
+    with containers_stack(ContainersStackConfig(**options), progress=progress) as running:
         yield running
 
 
