@@ -95,7 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
             keep_dir=config.getoption("--keep-stack-dir"),
         )
     except ConfigurationError as error:
-        raise pytest.UsageError(str(error).replace("(--stack-json)", "--stack-json FILE")) from None
+        raise pytest.UsageError(str(error)) from None
     if request.provider == "containers":
         from harness.docker_engine import engine_problem
 

@@ -108,7 +108,9 @@ class StackRequest:
                 f"unknown stack provider {self.provider!r} (choose one of: {', '.join(PROVIDERS)})"
             )
         if self.provider == "external" and self.stack_json is None:
-            raise ConfigurationError("the external provider needs a stack JSON file (--stack-json)")
+            raise ConfigurationError(
+                "the external provider needs a stack JSON file (--stack-json FILE)"
+            )
         if self.provider != "external" and self.stack_json is not None:
             raise ConfigurationError(
                 f"a stack JSON file only applies to the external provider (not {self.provider})"
