@@ -265,9 +265,14 @@ def _require_present(client: object, component: str, image: str) -> None:
     try:
         client.images.pull(image)  # type: ignore[attr-defined]
     except Exception as error:
+        fix = (
+            "drop --base-image / ATENDEAI_BASE_IMAGE to use debian:bookworm-slim or a "
+            "debootstrap base"
+            if component == "base"
+            else f"unset {_env_name(component)} to build the project's own"
+        )
         raise ConfigurationError(
-            f"{component}: image {image} is neither here nor pullable ({error}); "
-            f"unset {_env_name(component)} to build the project's own"
+            f"{component}: image {image} is neither here nor pullable ({error}); {fix}"
         ) from None
 
 
