@@ -12,8 +12,7 @@ from contract_tests.conftest import assert_error
 
 
 def login(tenant, role: str = "staff", **overrides):
-    user = tenant.users[role]
-    body = {"email": user.email, "password": user.password, **overrides}
+    body = {**tenant.users[role].login_body(), **overrides}
     return tenant.client("auth").post("/auth/login", json=body)
 
 
@@ -69,17 +68,15 @@ def test_logout_revokes_access_and_refresh(tenant):
     assert auth.get("/auth/me", headers=bearer(other["access_token"])).status_code == 200
 
 
-def test_unknown_user_and_wrong_password_answer_identically(tenant):
+def test_unknown_clinic_unknown_user_and_wrong_password_answer_identically(tenant):
     wrong = login(tenant, password="not-the-password")
-    unknown = tenant.client("auth").post(
-        "/auth/login", json={"email": f"nobody-{uuid.uuid4().hex}@clinic.example", "password": "x"}
-    )
-    for response in (wrong, unknown):
+    unknown_user = login(tenant, email=f"nobody-{uuid.uuid4().hex}@clinic.example")
+    unknown_clinic = login(tenant, clinic_slug=f"no-such-clinic-{uuid.uuid4().hex[:12]}")
+    volatile = {"date", "x-request-id", "content-length"}
+    for response in (wrong, unknown_user, unknown_clinic):
         assert_error(response, 401, "invalid_credentials")
-    assert wrong.json()["error"]["message"] == unknown.json()["error"]["message"]
-    assert set(wrong.headers) - {"date", "x-request-id", "content-length"} == set(
-        unknown.headers
-    ) - {"date", "x-request-id", "content-length"}
+        assert response.json()["error"]["message"] == wrong.json()["error"]["message"]
+        assert set(response.headers) - volatile == set(wrong.headers) - volatile
 
 
 def test_password_longer_than_72_bytes_is_refused_not_truncated(tenant):
@@ -87,7 +84,7 @@ def test_password_longer_than_72_bytes_is_refused_not_truncated(tenant):
     # The first 72 bytes are the real password padded: bcrypt would accept it.
     padded = (user.password * 10)[:72] + "tail"
     error = assert_error(
-        tenant.client("auth").post("/auth/login", json={"email": user.email, "password": padded}),
+        tenant.client("auth").post("/auth/login", json=user.login_body(password=padded)),
         422,
         "validation_error",
     )
@@ -110,8 +107,7 @@ def test_login_is_rate_limited_per_account_with_headers(tenant, stack):
     user = tenant.users["admin"]
     auth = tenant.client("auth")
     answers = [
-        auth.post("/auth/login", json={"email": user.email, "password": "wrong-password"})
-        for _ in range(12)
+        auth.post("/auth/login", json=user.login_body(password="wrong-password")) for _ in range(12)
     ]
     statuses = [a.status_code for a in answers]
     assert 429 in statuses, statuses
@@ -140,7 +136,7 @@ def test_login_is_rate_limited_per_client_address(tenant_factory):
         answers.append(
             t.client("auth").post(
                 "/auth/login",
-                json={"email": user.email, "password": user.password},
+                json=user.login_body(),
                 headers={"X-Forwarded-For": shared_ip},
             )
         )

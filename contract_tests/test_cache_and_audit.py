@@ -99,12 +99,12 @@ def test_clinic_update_is_audited(tenant, superuser_db):
 def test_auth_events_are_audited_without_tokens(tenant, superuser_db):
     auth = tenant.client("auth")
     user = tenant.users["manager"]
-    auth.post("/auth/login", json={"email": user.email, "password": "wrong-password"})
-    pair = auth.post("/auth/login", json={"email": user.email, "password": user.password}).json()
+    auth.post("/auth/login", json=user.login_body(password="wrong-password"))
+    pair = auth.post("/auth/login", json=user.login_body()).json()
     auth.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
     auth.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})  # reuse
     # the reuse revoked that family; sign in again to sign out
-    again = auth.post("/auth/login", json={"email": user.email, "password": user.password}).json()
+    again = auth.post("/auth/login", json=user.login_body()).json()
     auth.post("/auth/logout", headers={"Authorization": f"Bearer {again['access_token']}"})
 
     rows = _audit_rows(superuser_db, tenant.clinic_id, user_id=user.id)

@@ -25,7 +25,7 @@ from psycopg import errors
 from psycopg.conninfo import make_conninfo
 
 from system_under_test.migrate import MigrationError, apply_migrations
-from system_under_test.seed import seed_platform_admin
+from system_under_test.seed import PLATFORM_CLINIC_SLUG, seed_platform_admin
 
 APP_ROLE = "atendeai_app"
 TABLES = ("audit_logs", "clinics", "sessions", "users")
@@ -48,6 +48,10 @@ class Tenant:
     user_id: uuid.UUID
     email: str
     session_id: uuid.UUID
+
+    @property
+    def slug(self) -> str:
+        return f"db-{self.clinic_id.hex}"
 
 
 def set_context(conn, clinic_id, user_id=None, ip=None, user_agent=None, request_id=None):
@@ -74,14 +78,13 @@ def make_tenant(superuser_db, owner_db, app_db):
     """
     created: list[uuid.UUID] = []
 
-    def make(role: str = "admin") -> Tenant:
-        tenant = Tenant(
-            uuid.uuid4(), uuid.uuid4(), f"user-{uuid.uuid4()}@tenant.test", uuid.uuid4()
-        )
+    def make(role: str = "admin", email: str | None = None) -> Tenant:
+        email = email or f"user-{uuid.uuid4()}@tenant.test"
+        tenant = Tenant(uuid.uuid4(), uuid.uuid4(), email, uuid.uuid4())
         set_context(superuser_db, tenant.clinic_id, tenant.user_id)
         superuser_db.execute(
-            "insert into atendeai.clinics (id, name) values (%s, %s)",
-            [tenant.clinic_id, f"Clinic {tenant.clinic_id}"],
+            "insert into atendeai.clinics (id, slug, name) values (%s, %s, %s)",
+            [tenant.clinic_id, tenant.slug, f"Clinic {tenant.clinic_id}"],
         )
         superuser_db.execute(
             "insert into atendeai.users (id, clinic_id, name, email, password_hash, role)"
@@ -444,8 +447,8 @@ def test_find_user_for_login_works_for_the_service_role(app_db, make_tenant):
     tenant = make_tenant(role="manager")
     found = app_db.execute(
         "select id, clinic_id, email, name, password_hash, role, status, clinic_status"
-        " from atendeai.find_user_for_login(%s)",
-        [tenant.email.upper()],  # emails compare case-insensitively
+        " from atendeai.find_user_for_login(%s, %s)",
+        [tenant.slug.upper(), tenant.email.upper()],  # both compare case-insensitively
     ).fetchall()
     assert found == [
         (
@@ -460,9 +463,51 @@ def test_find_user_for_login_works_for_the_service_role(app_db, make_tenant):
         )
     ]
     unknown = f"nobody-{uuid.uuid4()}@tenant.test"
-    assert (
-        app_db.execute("select * from atendeai.find_user_for_login(%s)", [unknown]).fetchall() == []
-    )
+    lookup = "select * from atendeai.find_user_for_login(%s, %s)"
+    assert app_db.execute(lookup, [tenant.slug, unknown]).fetchall() == []
+    assert app_db.execute(lookup, ["no-such-clinic", tenant.email]).fetchall() == []
+
+
+def test_one_email_may_have_an_account_in_each_clinic_and_login_names_the_clinic(
+    app_db, superuser_db, make_tenant
+):
+    email = f"shared-{uuid.uuid4()}@tenant.test"
+    first, second = make_tenant(email=email), make_tenant(role="staff", email=email.upper())
+    lookup = "select id, clinic_id from atendeai.find_user_for_login(%s, %s)"
+    assert app_db.execute(lookup, [first.slug, email]).fetchall() == [
+        (first.user_id, first.clinic_id)
+    ]
+    assert app_db.execute(lookup, [second.slug, email]).fetchall() == [
+        (second.user_id, second.clinic_id)
+    ]
+    # Within one clinic the address is still unique, whatever its case.
+    set_context(superuser_db, first.clinic_id)
+    with pytest.raises(errors.UniqueViolation, match="users_clinic_id_email_lower_key"):
+        superuser_db.execute(
+            "insert into atendeai.users (clinic_id, name, email, password_hash, role)"
+            " values (%s, 'Twin', %s, 'x', 'staff')",
+            [first.clinic_id, email.title()],
+        )
+    superuser_db.rollback()
+
+
+def test_clinic_slugs_are_unique_and_url_safe(superuser_db, make_tenant):
+    tenant = make_tenant()
+    for slug, error in (
+        (tenant.slug, errors.UniqueViolation),
+        ("Upper-Case", errors.CheckViolation),
+        ("two--dashes", errors.CheckViolation),
+        ("-leading", errors.CheckViolation),
+        ("x" * 64, errors.CheckViolation),
+    ):
+        clinic_id = uuid.uuid4()
+        set_context(superuser_db, clinic_id)
+        with pytest.raises(error):
+            superuser_db.execute(
+                "insert into atendeai.clinics (id, slug, name) values (%s, %s, 'Slug test')",
+                [clinic_id, slug],
+            )
+        superuser_db.rollback()
 
 
 def test_platform_list_clinics_needs_a_platform_admin_context(app_db, superuser_db, make_tenant):
@@ -610,7 +655,8 @@ def test_seed_platform_admin_is_idempotent(owner_db, superuser_db):
         second = seed_platform_admin(dsn, email.upper(), "second password", bcrypt_rounds=4)
         assert second == first
         row = owner_db.execute(
-            "select clinic_id, role, password_hash from atendeai.find_user_for_login(%s)", [email]
+            "select clinic_id, role, password_hash from atendeai.find_user_for_login(%s, %s)",
+            [PLATFORM_CLINIC_SLUG, email],
         ).fetchone()
         assert (str(row[0]), row[1]) == (first[0], "platform_admin")
         assert bcrypt.checkpw(b"second password", row[2].encode())

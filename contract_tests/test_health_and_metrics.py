@@ -51,7 +51,7 @@ def test_latency_histogram_uses_route_templates_and_slo_buckets(service, stack, 
 
 def test_login_outcomes_and_cache_are_counted(stack, tenant):
     user = tenant.users["staff"]
-    tenant.client("auth").post("/auth/login", json={"email": user.email, "password": "nope-nope"})
+    tenant.client("auth").post("/auth/login", json=user.login_body(password="nope-nope"))
     tenant.client("clinics", "staff").get("/clinics/me")
     auth_metrics = httpx.get(f"{stack.service_url('auth')}/metrics").text
     assert re.search(r'auth_logins_total\{outcome="invalid_credentials"\} [1-9]', auth_metrics)

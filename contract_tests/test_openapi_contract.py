@@ -33,10 +33,7 @@ OPERATIONS = sorted(
 
 
 def _login(tenant, role: str) -> httpx.Response:
-    user = tenant.users[role]
-    return tenant.client("auth").post(
-        "/auth/login", json={"email": user.email, "password": user.password}
-    )
+    return tenant.client("auth").post("/auth/login", json=tenant.users[role].login_body())
 
 
 def _new_user(tenant) -> dict:

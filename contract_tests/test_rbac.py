@@ -89,8 +89,15 @@ def test_platform_admin_creates_a_clinic_whose_admin_can_sign_in(platform_admin_
     assert clinic["address_city"] == "São Paulo"
     assert created.json()["admin"]["clinic_id"] == clinic["id"]
 
+    # The slug is made from the name; the new admin signs in with it.
+    assert clinic["slug"] == f"clinica-{tag}"
     login = tenant.client("auth").post(
-        "/auth/login", json={"email": body["admin"]["email"], "password": "pass-word-1"}
+        "/auth/login",
+        json={
+            "clinic_slug": clinic["slug"],
+            "email": body["admin"]["email"],
+            "password": "pass-word-1",
+        },
     )
     assert login.status_code == 200 and login.json()["user"]["role"] == "admin"
     listed = platform_admin_client("clinics").get("/clinics", params={"limit": 100})
@@ -106,5 +113,11 @@ def test_platform_admin_creates_a_clinic_whose_admin_can_sign_in(platform_admin_
         ids = {c["id"] for c in listed.json()["items"]}
     assert clinic["id"] in ids
 
-    duplicate = platform_admin_client("clinics").post("/clinics", json=body)
-    assert_error(duplicate, 409, "email_taken")
+    # The same name again: the slug gets a part of the new clinic's id.
+    again = platform_admin_client("clinics").post("/clinics", json=body)
+    assert again.status_code == 201, again.text
+    second = again.json()["clinic"]
+    assert second["slug"] == f"clinica-{tag}-{uuid.UUID(second['id']).hex[:8]}"
+    # A slug asked for by name that another clinic has is a conflict.
+    taken = platform_admin_client("clinics").post("/clinics", json={**body, "slug": clinic["slug"]})
+    assert_error(taken, 409, "slug_taken")

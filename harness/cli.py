@@ -272,6 +272,7 @@ def print_endpoints(
         f"redis:      {stack.redis_url}",
         "",
         "platform admin:",
+        f"  clinic    {stack.platform_admin.clinic_slug}",
         f"  email     {stack.platform_admin.email}",
         f"  password  {stack.platform_admin.password}",
         "",

@@ -3,7 +3,9 @@ PostgreSQL as the owner (one bcrypt hash shared by all, computed once), so a
 1000-user run does not spend minutes hashing passwords through the API.
 
 Every clinic is created under its own tenant context, exactly as the
-services do; RLS applies to the owner too.
+services do; RLS applies to the owner too. An e-mail address is unique
+within its clinic only, so every load clinic has the same addresses
+(``user-0@load.example`` ...): sign-ins name the clinic by its slug.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ ROLE_MIX = ("manager", "staff", "staff", "staff", "staff")  # one manager per fo
 @dataclass(frozen=True)
 class LoadAccount:
     clinic_id: str
+    clinic_slug: str
     user_id: str
     email: str
     password: str
@@ -45,19 +48,20 @@ def seed_load_accounts(
         while len(made) < accounts:
             clinic_id = uuid.uuid4()
             clinic_number += 1
+            slug = f"load-{run}-{clinic_number}"
             size = min(users_per_clinic, accounts - len(made))
             with conn.transaction():
                 conn.execute("SELECT atendeai.set_request_context(%s)", [clinic_id])
                 conn.execute(
-                    "INSERT INTO atendeai.clinics (id, name, specialty, address_city)"
-                    " VALUES (%s, %s, 'general practice', 'São Paulo')",
-                    [clinic_id, f"Load clinic {run}-{clinic_number}"],
+                    "INSERT INTO atendeai.clinics (id, slug, name, specialty, address_city)"
+                    " VALUES (%s, %s, %s, 'general practice', 'São Paulo')",
+                    [clinic_id, slug, f"Load clinic {run}-{clinic_number}"],
                 )
                 rows = [
                     (
                         clinic_id,
                         f"Load user {run}-{clinic_number}-{i}",
-                        f"load-{run}-{clinic_number}-{i}@load.example",
+                        f"user-{i}@load.example",
                         password_hash,
                         ROLE_MIX[i % len(ROLE_MIX)],
                     )
@@ -72,7 +76,9 @@ def seed_load_accounts(
                     )
                     while True:
                         user_id, email, role = cursor.fetchone()
-                        account = LoadAccount(str(clinic_id), str(user_id), email, password, role)
+                        account = LoadAccount(
+                            str(clinic_id), slug, str(user_id), email, password, role
+                        )
                         made.append(account)
                         if not cursor.nextset():
                             break

@@ -21,11 +21,13 @@ Fixtures:
   connection is closed after the test. ``lock_timeout`` is 30 s, so a lock
   that is never released fails the test instead of hanging the run.
 - ``api``: an ``ApiSession`` (``api.client(service, token=..., client_ip=...)``,
-  ``api.login(...)``); its clients are closed after the test.
+  ``api.login(account, client_ip=...)``); its clients are closed after the test.
 - ``client_ip``: a client address of the test's own (``X-Forwarded-For``).
 - ``tenant_factory(name=None, roles=...)`` and ``tenant``: fresh clinics with one
   user per role (``harness.tenants``).
-- ``platform_admin_client(service)``: a client signed in as the platform admin.
+- ``platform_admin_session`` (session): the platform admin's tokens, signed in
+  once per session (``AccountSession``); ``platform_admin_client(service)``: a
+  client signed in with them.
 
 Tests that use ``stack`` (directly or through another fixture) get the
 ``stack`` marker, so ``-m "not stack"`` runs only what needs no stack.
@@ -45,7 +47,15 @@ import pytest
 from harness.exceptions import ConfigurationError, DockerUnavailable
 from harness.providers import PROVIDERS, RunningStack, StackRequest, Supervisor, open_stack
 from harness.stack import Stack
-from harness.tenants import ROLES, ApiSession, ClientAddresses, Tenant, create_tenant, hash_password
+from harness.tenants import (
+    ROLES,
+    AccountSession,
+    ApiSession,
+    ClientAddresses,
+    Tenant,
+    create_tenant,
+    hash_password,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -276,15 +286,27 @@ def tenant(tenant_factory: Callable[..., Tenant]) -> Tenant:
     return tenant_factory()
 
 
+@pytest.fixture(scope="session")
+def platform_admin_session(stack: Stack, client_addresses: ClientAddresses) -> AccountSession:
+    """The platform admin's tokens, signed in once for the whole test session.
+
+    Its login budget (a few sign-ins a minute per account) is shared by every
+    test: signing in per test would make tests depend on their order.
+    """
+    return AccountSession(stack, stack.platform_admin, client_ip=client_addresses.next())
+
+
 @pytest.fixture
 def platform_admin_client(
-    stack: Stack, api: ApiSession, client_ip: str
+    api: ApiSession, platform_admin_session: AccountSession
 ) -> Callable[[str], httpx.Client]:
     """``platform_admin_client(service) -> httpx.Client`` signed in as the platform admin."""
-    admin = stack.platform_admin
 
     def make(service: str) -> httpx.Client:
-        token = api.access_token(admin.email, admin.password, client_ip=client_ip)
-        return api.client(service, client_ip=client_ip, token=token)
+        return api.client(
+            service,
+            client_ip=platform_admin_session.client_ip,
+            token=platform_admin_session.access_token(),
+        )
 
     return make

@@ -12,11 +12,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The reference platform's own clinic, where its platform admin signs in
+#: (``system_under_test.seed.PLATFORM_CLINIC_SLUG``).
+PLATFORM_CLINIC_SLUG = "atendeai-platform"
+
 
 @dataclass(frozen=True)
 class Credentials:
+    """An account: login names the clinic (its slug), the e-mail and the password."""
+
     email: str
     password: str
+    clinic_slug: str = PLATFORM_CLINIC_SLUG
 
 
 @dataclass(frozen=True)

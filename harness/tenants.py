@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.exceptions import LoginFailed
 from harness.stack import Stack
@@ -58,6 +59,89 @@ class ClientAddresses:
         return str(self._network.network_address + offset)
 
 
+class Account(Protocol):
+    """What signing in takes: the clinic's slug, the e-mail and the password."""
+
+    @property
+    def clinic_slug(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def password(self) -> str: ...
+
+
+def login_body(account: Account, *, password: str | None = None) -> dict[str, str]:
+    """The JSON body of ``POST /auth/login`` for ``account`` (another password if given)."""
+    return {
+        "clinic_slug": account.clinic_slug,
+        "email": account.email,
+        "password": account.password if password is None else password,
+    }
+
+
+def login(stack: Stack, account: Account, *, client_ip: str) -> dict[str, Any]:
+    """``POST /auth/login`` as ``account``; the token pair, or ``LoginFailed`` with the answer."""
+    import httpx
+
+    url = f"{stack.service_url('auth')}/auth/login"
+    response = httpx.post(
+        url,
+        json=login_body(account),
+        headers={"X-Forwarded-For": client_ip},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    if response.status_code != 200:
+        raise LoginFailed(account.email, url, response.status_code, response.text)
+    return dict(response.json())
+
+
+class AccountSession:
+    """One account's tokens for a whole test session: signed in once, then reused.
+
+    An account has a login budget (the platform limits sign-ins per account), so
+    a shared account such as the platform admin must not sign in once per test:
+    tests would then pass or fail depending on how many ran before them within
+    a minute. The access token is refreshed (``POST /auth/refresh``, from the same
+    client address) shortly before it expires; only when the refresh is refused
+    (the session was revoked) does it sign in again.
+    """
+
+    #: Refresh this long before the access token expires.
+    MARGIN_S = 30.0
+
+    def __init__(self, stack: Stack, account: Account, *, client_ip: str) -> None:
+        self.stack = stack
+        self.account = account
+        self.client_ip = client_ip
+        self._pair: dict[str, Any] | None = None
+        self._expires_at = 0.0
+
+    def access_token(self) -> str:
+        if self._pair is None:
+            self._keep(login(self.stack, self.account, client_ip=self.client_ip))
+        elif time.monotonic() >= self._expires_at - self.MARGIN_S:
+            self._keep(self._refreshed_or_new(self._pair["refresh_token"]))
+        assert self._pair is not None
+        return str(self._pair["access_token"])
+
+    def _refreshed_or_new(self, refresh_token: str) -> dict[str, Any]:
+        import httpx
+
+        response = httpx.post(
+            f"{self.stack.service_url('auth')}/auth/refresh",
+            json={"refresh_token": refresh_token},
+            headers={"X-Forwarded-For": self.client_ip},
+            timeout=HTTP_TIMEOUT_S,
+        )
+        if response.status_code == 200:
+            return dict(response.json())
+        return login(self.stack, self.account, client_ip=self.client_ip)
+
+    def _keep(self, pair: dict[str, Any]) -> None:
+        self._pair = pair
+        self._expires_at = time.monotonic() + float(pair["expires_in"])
+
+
 class ApiSession:
     """The HTTP clients and tokens of one test; ``close()`` closes every client."""
 
@@ -88,26 +172,15 @@ class ApiSession:
         self._clients.append(client)
         return client
 
-    def login(self, email: str, password: str, *, client_ip: str) -> dict[str, Any]:
+    def login(self, account: Account, *, client_ip: str) -> dict[str, Any]:
         """``POST /auth/login``; the token pair, or ``LoginFailed`` with the answer."""
-        import httpx
+        return login(self.stack, account, client_ip=client_ip)
 
-        url = f"{self.stack.service_url('auth')}/auth/login"
-        response = httpx.post(
-            url,
-            json={"email": email, "password": password},
-            headers={"X-Forwarded-For": client_ip},
-            timeout=HTTP_TIMEOUT_S,
-        )
-        if response.status_code != 200:
-            raise LoginFailed(email, url, response.status_code, response.text)
-        return dict(response.json())
-
-    def access_token(self, email: str, password: str, *, client_ip: str) -> str:
-        """An access token for ``email``, signed in once per test and then reused."""
-        key = (email, client_ip)
+    def access_token(self, account: Account, *, client_ip: str) -> str:
+        """An access token for ``account``, signed in once per test and then reused."""
+        key = (account.clinic_slug, account.email, client_ip)
         if key not in self._tokens:
-            self._tokens[key] = self.login(email, password, client_ip=client_ip)["access_token"]
+            self._tokens[key] = self.login(account, client_ip=client_ip)["access_token"]
         return self._tokens[key]
 
     def close(self) -> None:
@@ -120,9 +193,14 @@ class ApiSession:
 @dataclass(frozen=True)
 class TenantUser:
     id: uuid.UUID
+    clinic_slug: str
     email: str
     password: str
     role: str
+
+    def login_body(self, *, password: str | None = None) -> dict[str, str]:
+        """The JSON body of ``POST /auth/login`` for this user (another password if given)."""
+        return login_body(self, password=password)
 
 
 @dataclass(frozen=True)
@@ -133,6 +211,7 @@ class Tenant:
     """
 
     clinic_id: uuid.UUID
+    clinic_slug: str
     name: str
     users: dict[str, TenantUser]
     client_ip: str
@@ -147,13 +226,11 @@ class Tenant:
 
     def login(self, role: str) -> dict[str, Any]:
         """A fresh token pair for the ``role`` user (not cached: for refresh/logout tests)."""
-        user = self.user(role)
-        return self.api.login(user.email, user.password, client_ip=self.client_ip)
+        return self.api.login(self.user(role), client_ip=self.client_ip)
 
     def access_token(self, role: str) -> str:
         """The ``role`` user's access token (signed in once per test, then reused)."""
-        user = self.user(role)
-        return self.api.access_token(user.email, user.password, client_ip=self.client_ip)
+        return self.api.access_token(self.user(role), client_ip=self.client_ip)
 
     def client(self, service: str, role: str | None = None) -> httpx.Client:
         """An ``httpx.Client`` for ``service`` from this tenant's IP, signed in as ``role``."""
@@ -176,12 +253,14 @@ def create_tenant(
     clinic_id = uuid.uuid4()
     tag = clinic_id.hex[:12]
     name = name or f"Clínica de Teste {tag}"
+    slug = f"test-{clinic_id.hex}"
     users: dict[str, TenantUser] = {}
     with psycopg.connect(owner_dsn, autocommit=True) as conn, conn.transaction():
         conn.execute("select atendeai.set_request_context(%s::uuid)", [clinic_id])
         conn.execute(
-            "insert into atendeai.clinics (id, name, email, status) values (%s, %s, %s, 'active')",
-            [clinic_id, name, f"contato@clinic-{tag}.atendeai.test"],
+            "insert into atendeai.clinics (id, slug, name, email, status)"
+            " values (%s, %s, %s, %s, 'active')",
+            [clinic_id, slug, name, f"contato@clinic-{tag}.atendeai.test"],
         )
         for role in roles:
             email = f"{role}@clinic-{tag}.atendeai.test"
@@ -191,9 +270,12 @@ def create_tenant(
                 [clinic_id, f"{role.title()} {tag}", email, password_hash, role],
             ).fetchone()
             assert row is not None
-            users[role] = TenantUser(id=row[0], email=email, password=password, role=role)
+            users[role] = TenantUser(
+                id=row[0], clinic_slug=slug, email=email, password=password, role=role
+            )
     return Tenant(
         clinic_id=clinic_id,
+        clinic_slug=slug,
         name=name,
         users=users,
         client_ip=api.addresses.next(),
@@ -205,10 +287,14 @@ __all__ = [
     "CLIENT_NETWORK",
     "ROLES",
     "TEST_PASSWORD",
+    "Account",
+    "AccountSession",
     "ApiSession",
     "ClientAddresses",
     "Tenant",
     "TenantUser",
     "create_tenant",
     "hash_password",
+    "login",
+    "login_body",
 ]

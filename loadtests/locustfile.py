@@ -31,6 +31,7 @@ from locust.exception import StopUser
 
 from harness.loadseed import LoadAccount, seed_load_accounts
 from harness.stack import Stack
+from harness.tenants import login_body
 from loadtests.profiles import PROFILES
 
 CLIENT_NETWORK = ipaddress.ip_network("198.18.0.0/15")
@@ -165,7 +166,7 @@ class SignedInUser(FastHttpUser):
     def sign_in(self) -> None:
         with self.client.post(
             "/auth/login",
-            json={"email": self.account.email, "password": self.account.password},
+            json=login_body(self.account),
             headers={"X-Forwarded-For": self.client_ip},
             name="/auth/login",
             catch_response=True,

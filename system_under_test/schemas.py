@@ -29,6 +29,8 @@ LoginPassword = Annotated[str, Field(min_length=1), AfterValidator(_fits_bcrypt)
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 ShortText = Annotated[str, Field(max_length=200)]
 LongText = Annotated[str, Field(max_length=5000)]
+#: A clinic's public login name: lower-case letters and digits in dash-separated words.
+Slug = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
 
 
 def _unstorable(value: Any) -> str | None:
@@ -77,6 +79,9 @@ class PageQuery(BaseModel):
 
 
 class LoginRequest(Request):
+    # Not checked against the slug pattern: any string that names no clinic
+    # gets the same 401 as a wrong password (nothing to learn from a 422).
+    clinic_slug: Annotated[str, Field(min_length=1, max_length=63)]
     email: Annotated[str, Field(min_length=3, max_length=320)]
     password: LoginPassword
 
@@ -191,11 +196,14 @@ class FirstAdmin(Request):
 
 class ClinicCreate(ClinicFields):
     name: Name
+    #: Made from the name when left out (with a suffix when that one is taken).
+    slug: Slug = _optional_not_null()
     admin: FirstAdmin
 
 
 class Clinic(BaseModel):
     id: UUID
+    slug: str
     name: str
     type: str | None
     specialty: str | None

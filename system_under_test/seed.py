@@ -14,6 +14,8 @@ import psycopg
 
 PLATFORM_CLINIC_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
 PLATFORM_CLINIC_NAME = "AtendeAI Platform"
+#: The platform clinic's login name: the platform admin signs in with it.
+PLATFORM_CLINIC_SLUG = "atendeai-platform"
 PLATFORM_ADMIN_NAME = "Platform Admin"
 
 
@@ -35,10 +37,12 @@ def seed_platform_admin(
         raise ValueError("seed_platform_admin needs an email address and a non-empty password")
     password_hash = bcrypt.hashpw(password.encode(), bcrypt.gensalt(bcrypt_rounds)).decode()
     with psycopg.connect(owner_dsn, autocommit=True) as conn, conn.transaction():
-        # The login lookup is the one query that finds an account across clinics
-        # (the owner may call it: it is a member of the function's owner role).
+        # The login lookup is the one query that finds an account before the
+        # tenant context is set (the owner may call it: it is a member of the
+        # function's owner role).
         existing = conn.execute(
-            "select id, clinic_id, role from atendeai.find_user_for_login(%s)", [email]
+            "select id, clinic_id, role from atendeai.find_user_for_login(%s, %s)",
+            [PLATFORM_CLINIC_SLUG, email],
         ).fetchone()
         if existing is not None:
             user_id, clinic_id, role = existing
@@ -54,8 +58,9 @@ def seed_platform_admin(
         user_id = uuid.uuid4()
         conn.execute("select atendeai.set_request_context(%s, %s)", [PLATFORM_CLINIC_ID, user_id])
         conn.execute(
-            "insert into atendeai.clinics (id, name) values (%s, %s) on conflict (id) do nothing",
-            [PLATFORM_CLINIC_ID, PLATFORM_CLINIC_NAME],
+            "insert into atendeai.clinics (id, name, slug) values (%s, %s, %s)"
+            " on conflict (id) do nothing",
+            [PLATFORM_CLINIC_ID, PLATFORM_CLINIC_NAME, PLATFORM_CLINIC_SLUG],
         )
         conn.execute(
             "insert into atendeai.users (id, clinic_id, name, email, password_hash, role)"

@@ -27,7 +27,7 @@ from harness.prometheus_api import wait_for_stack_targets
 from harness.providers import RunningStack
 from harness.providers.containers import RUN_LABEL, ContainersStackConfig, containers_stack
 from harness.providers.haproxy import server_rows
-from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password
+from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password, login_body
 
 pytestmark = [pytest.mark.docker]
 
@@ -75,7 +75,7 @@ def gateway(running) -> Iterator[httpx.Client]:
 
 def _token(gateway: httpx.Client, running: RunningStack) -> str:
     admin = running.stack.platform_admin
-    answer = gateway.post("/auth/login", json={"email": admin.email, "password": admin.password})
+    answer = gateway.post("/auth/login", json=login_body(admin))
     assert answer.status_code == 200, answer.text
     return answer.json()["access_token"]
 

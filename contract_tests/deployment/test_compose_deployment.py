@@ -33,7 +33,14 @@ from harness.deployment import (
 from harness.processes import wait_until
 from harness.prometheus_api import PrometheusClient
 from harness.stack import Stack
-from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password
+from harness.tenants import (
+    Account,
+    ApiSession,
+    ClientAddresses,
+    create_tenant,
+    hash_password,
+    login_body,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.deployment]
 
@@ -168,7 +175,7 @@ def test_a_clinic_survives_down_and_up_with_the_volumes_kept(deployment):
     admin = tenant.user("admin")
     new_name = f"Clínica Persistente {time.time_ns()}"
     with _gateway(stack, tenant.client_ip) as gateway:
-        token = _sign_in(gateway, admin.email, admin.password)
+        token = _sign_in(gateway, admin)
         renamed = gateway.patch(
             "/clinics/me", json={"name": new_name}, headers={"Authorization": f"Bearer {token}"}
         )
@@ -179,7 +186,7 @@ def test_a_clinic_survives_down_and_up_with_the_volumes_kept(deployment):
     _say(f"up --wait again after down (volumes kept): {seconds:.1f} s")
 
     with _gateway(deployment.stack(), tenant.client_ip) as gateway:
-        token = _sign_in(gateway, admin.email, admin.password)
+        token = _sign_in(gateway, admin)
         again = gateway.get("/clinics/me", headers={"Authorization": f"Bearer {token}"})
     assert again.status_code == 200, again.text
     assert again.json()["name"] == new_name
@@ -238,7 +245,7 @@ def _gateway(stack: Stack, client_ip: str) -> httpx.Client:
     )
 
 
-def _sign_in(gateway: httpx.Client, email: str, password: str) -> str:
-    answer = gateway.post("/auth/login", json={"email": email, "password": password})
+def _sign_in(gateway: httpx.Client, account: Account) -> str:
+    answer = gateway.post("/auth/login", json=login_body(account))
     assert answer.status_code == 200, answer.text
     return answer.json()["access_token"]

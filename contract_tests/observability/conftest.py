@@ -72,9 +72,7 @@ def drive_api_traffic(
             tag = f"{time.time_ns()}-{round_number}"
             pair = tenant.login("manager")  # login success, a session
             auth.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
-            auth.post(
-                "/auth/login", json={"email": tenant.user("staff").email, "password": "wrong-pw"}
-            )
+            auth.post("/auth/login", json=tenant.user("staff").login_body(password="wrong-pw"))
             admin.get("/users")
             created = admin.post(
                 "/users",

@@ -30,7 +30,7 @@ def test_haproxy_routes_each_prefix_to_its_service(gateway, tenant):
     # A login through HAProxy: the client address survives the extra hop.
     login = gateway.post(
         "/auth/login",
-        json={"email": tenant.user("staff").email, "password": "wrong-password"},
+        json=tenant.user("staff").login_body(password="wrong-password"),
         headers={"X-Forwarded-For": tenant.client_ip},
     )
     assert login.status_code == 401

@@ -134,7 +134,7 @@ def test_an_x_forwarded_for_line_added_by_a_proxy_is_read_too(stack, tenant, sup
     forged = "203.0.113.9"
     answer = httpx.post(
         f"{stack.services['auth']}/auth/login",
-        json={"email": tenant.user("staff").email, "password": "wrong-password"},
+        json=tenant.user("staff").login_body(password="wrong-password"),
         headers=[("X-Forwarded-For", forged), ("X-Forwarded-For", tenant.client_ip)],
     )
     assert answer.status_code == 401

@@ -297,7 +297,8 @@ def _user_enumeration(settings: Settings) -> tuple[Settings, list[Middleware]]:
     async def login(call: Call) -> web.StreamResponse:
         async with call.platform.db.unscoped() as conn:
             cursor = await conn.execute(
-                "SELECT id FROM atendeai.find_user_for_login(%s)", (call.body.email.lower(),)
+                "SELECT id FROM atendeai.find_user_for_login(%s, %s)",
+                (call.body.clinic_slug.lower(), call.body.email.lower()),
             )
             known = await cursor.fetchone()
         if known is None:

@@ -81,7 +81,7 @@ def stack_targets(stack: Stack, client_ip: str) -> list[Target]:
 
 
 def endpoint(url: str, tenant: Tenant) -> AuthEndpoint:
-    return AuthEndpoint(url, tenant.api.addresses.next())
+    return AuthEndpoint(url, tenant.api.addresses.next(), tenant.clinic_slug)
 
 
 def create_user_with_password(users_url: str, tenant: Tenant, password: str) -> tuple[str, str]:
@@ -159,8 +159,10 @@ def test_passwords_longer_than_72_bytes_are_refused(stack: Stack, tenant: Tenant
     )
 
 
-def test_unknown_user_and_wrong_password_answer_identically(stack: Stack, tenant: Tenant) -> None:
-    endpoints = [endpoint(stack.service_url("auth"), tenant) for _ in range(6)]
+def test_unknown_clinic_unknown_user_and_wrong_password_answer_identically(
+    stack: Stack, tenant: Tenant
+) -> None:
+    endpoints = [endpoint(stack.service_url("auth"), tenant) for _ in range(9)]
     check_no_user_enumeration(endpoints, tenant.user("staff").email)
 
 
@@ -252,7 +254,7 @@ AUTH_DEFECTS: dict[str, Callable[[AuthEndpoint, Tenant], None]] = {
         auth, t.user("staff").email, TEST_PASSWORD
     ),
     "user_enumeration": lambda auth, t: check_no_user_enumeration(
-        [AuthEndpoint(auth.url, t.api.addresses.next()) for _ in range(6)],
+        [AuthEndpoint(auth.url, t.api.addresses.next(), t.clinic_slug) for _ in range(9)],
         t.user("staff").email,
     ),
 }

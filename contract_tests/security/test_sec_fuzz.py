@@ -26,10 +26,12 @@ from harness.security.instances import ServiceInstance
 from harness.security.jwt_attacks import TokenForge
 from harness.security.pytest_plugin import Budget, Tally
 from harness.stack import Stack
-from harness.tenants import ApiSession, Tenant
+from harness.tenants import AccountSession, ApiSession, Tenant
 
 
-def make_headers_for(stack: Stack, api: ApiSession, tenant: Tenant) -> HeadersFor:
+def make_headers_for(
+    stack: Stack, api: ApiSession, tenant: Tenant, admin_session: AccountSession
+) -> HeadersFor:
     admin = tenant.access_token("admin")
     forge: TokenForge | None = None
     if "jwt_private_key_file" in stack.extra:
@@ -40,7 +42,7 @@ def make_headers_for(stack: Stack, api: ApiSession, tenant: Tenant) -> HeadersFo
             issuer=stack.jwt_issuer,
             audience=stack.jwt_audience,
         )
-    platform = platform_admin_token(stack, api, forge)
+    platform = platform_admin_token(stack, admin_session, forge)
 
     def headers_for(path: str, roles: tuple[str, ...]) -> dict[str, str]:
         token = admin if "admin" in roles or not roles else platform
@@ -51,19 +53,19 @@ def make_headers_for(stack: Stack, api: ApiSession, tenant: Tenant) -> HeadersFo
     return headers_for
 
 
-def platform_admin_token(stack: Stack, api: ApiSession, forge: TokenForge | None) -> str:
-    """Signed for the seeded platform admin without a login (logins are rate limited
-    per account, and every suite signs the platform admin in); else a real login."""
+def platform_admin_token(
+    stack: Stack, admin_session: AccountSession, forge: TokenForge | None
+) -> str:
+    """Signed for the seeded platform admin without a login when the stack's key is
+    at hand; else the session's platform admin token (signed in once per session:
+    logins are rate limited per account)."""
     if forge is None:
-        return api.access_token(
-            stack.platform_admin.email,
-            stack.platform_admin.password,
-            client_ip=api.addresses.next(),
-        )
+        return admin_session.access_token()
+    admin = stack.platform_admin
     with psycopg.connect(stack.postgres.superuser_dsn, autocommit=True) as conn:
         row = conn.execute(
-            "select id, clinic_id from atendeai.find_user_for_login(%s)",
-            [stack.platform_admin.email],
+            "select id, clinic_id from atendeai.find_user_for_login(%s, %s)",
+            [admin.clinic_slug, admin.email],
         ).fetchone()
     assert row is not None, "the stack has no platform admin"
     claims = forge.fresh_claims(
@@ -78,6 +80,7 @@ def test_fuzzing_finds_no_server_error_and_no_undocumented_answer(
     stack: Stack,
     api: ApiSession,
     tenant: Tenant,
+    platform_admin_session: AccountSession,
     openapi_docs: dict[str, dict[str, Any]],
     security_budget: Budget,
     security_tally: Tally,
@@ -87,7 +90,7 @@ def test_fuzzing_finds_no_server_error_and_no_undocumented_answer(
         service,
         openapi_docs[service],
         stack.service_url(service),
-        headers_for=make_headers_for(stack, api, tenant),
+        headers_for=make_headers_for(stack, api, tenant, platform_admin_session),
         examples=security_budget.examples(25, 250),
         skip=skip,
         derandomize=not security_budget.deep,  # make test is reproducible
@@ -118,6 +121,7 @@ def test_proof_fuzzer_catches(
     stack: Stack,
     api: ApiSession,
     tenant: Tenant,
+    platform_admin_session: AccountSession,
     openapi_docs: dict[str, dict[str, Any]],
     broken_service: Callable[..., ServiceInstance],
 ) -> None:
@@ -127,6 +131,6 @@ def test_proof_fuzzer_catches(
             service,
             openapi_docs[service],
             broken.url,
-            headers_for=make_headers_for(stack, api, tenant),
+            headers_for=make_headers_for(stack, api, tenant, platform_admin_session),
             examples=10,
         )

@@ -67,7 +67,13 @@ def account_burst(urls: list[str], tenant: Tenant, limit: int) -> list[LoginAtte
     """3 x limit logins for one account, each from its own address, across the instances."""
     user = tenant.user("staff")
     return [
-        LoginAttempt(urls[i % len(urls)], user.email, user.password, tenant.api.addresses.next())
+        LoginAttempt(
+            urls[i % len(urls)],
+            user.clinic_slug,
+            user.email,
+            user.password,
+            tenant.api.addresses.next(),
+        )
         for i in range(3 * limit)
     ]
 
@@ -77,7 +83,11 @@ def client_burst(urls: list[str], tenant: Tenant, limit: int) -> list[LoginAttem
     ip = tenant.api.addresses.next()
     return [
         LoginAttempt(
-            urls[i % len(urls)], f"nobody-{uuid.uuid4().hex[:12]}@x.example", "pw-12345", ip
+            urls[i % len(urls)],
+            tenant.clinic_slug,
+            f"nobody-{uuid.uuid4().hex[:12]}@x.example",
+            "pw-12345",
+            ip,
         )
         for i in range(3 * limit)
     ]
@@ -127,7 +137,7 @@ def test_stack_login_limit_headers(stack: Stack, tenant: Tenant) -> None:
         answers.append(
             httpx.post(
                 f"{stack.service_url('auth')}/auth/login",
-                json={"email": user.email, "password": "Wrong-Password-1"},
+                json=user.login_body(password="Wrong-Password-1"),
                 headers={"X-Forwarded-For": ip},
                 timeout=10,
             )

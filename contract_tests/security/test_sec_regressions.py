@@ -33,7 +33,8 @@ def test_null_for_a_not_null_clinic_column_is_a_422_and_the_clinic_stays_readabl
                                     "password": "pass-word-1", "role": "staff"}),
         ("clinics", "/clinics/me", "patch", {"description": "text with \u0000 inside"}),
         ("clinics", "/clinics/me", "patch", {"working_hours": {"mon\u0000": "8-18"}}),
-        ("auth", "/auth/login", "post", {"email": "a\u0000@b.example", "password": "x"}),
+        ("auth", "/auth/login", "post", {"clinic_slug": "a\u0000b", "email": "a\u0000@b.example",
+                                         "password": "x"}),
     ],
 )  # fmt: skip
 def test_nul_characters_are_a_422_not_a_500(

@@ -38,6 +38,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from harness.stack import Stack
+from harness.tenants import login_body
 
 if TYPE_CHECKING:
     import httpx
@@ -137,8 +138,7 @@ class Canary:
     def sign_in(self, deadline: float) -> bool:
         """``POST /auth/login`` once, with the next account; keeps the access token."""
         account = next(self._accounts)
-        credentials = {"email": account.email, "password": account.password}
-        response = self._request("POST", "/auth/login", deadline, json=credentials)
+        response = self._request("POST", "/auth/login", deadline, json=login_body(account))
         if response is None:
             return False
         self._token = response.json()["access_token"]

@@ -28,10 +28,12 @@ _BCRYPT = re.compile(r"^\$2[abxy]?\$(\d\d)\$[./A-Za-z0-9]{53}$")
 
 @dataclass(frozen=True)
 class AuthEndpoint:
-    """An auth service and the client address to talk to it from."""
+    """An auth service, the client address to talk to it from, and the clinic
+    whose accounts sign in through it (login names the clinic by its slug)."""
 
     url: str
     client_ip: str
+    clinic_slug: str
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"X-Forwarded-For": self.client_ip, **kwargs.pop("headers", {})}
@@ -41,8 +43,14 @@ class AuthEndpoint:
         headers = {"X-Forwarded-For": self.client_ip, "Authorization": f"Bearer {token}"}
         return httpx.get(f"{self.url}{path}", headers=headers, timeout=TIMEOUT_S)
 
-    def login(self, email: str, password: str) -> httpx.Response:
-        return self.post("/auth/login", json={"email": email, "password": password})
+    def login(self, email: str, password: str, *, clinic_slug: str | None = None) -> httpx.Response:
+        """``POST /auth/login`` in this endpoint's clinic (or in ``clinic_slug``)."""
+        body = {
+            "clinic_slug": self.clinic_slug if clinic_slug is None else clinic_slug,
+            "email": email,
+            "password": password,
+        }
+        return self.post("/auth/login", json=body)
 
     def pair(self, email: str, password: str) -> dict[str, Any]:
         response = self.login(email, password)
@@ -160,37 +168,50 @@ def _answer(response: httpx.Response) -> tuple[int, Any, frozenset[str]]:
 def check_no_user_enumeration(
     endpoints: Sequence[AuthEndpoint], known_email: str, *, attempts: int = 3
 ) -> None:
-    """Unknown e-mail and wrong password give the same status, body and headers, and
-    take comparable time (both run bcrypt). Each attempt comes from its own address;
-    ``attempts`` wrong passwords must stay under the per-account limit."""
-    if len(endpoints) < 2 * attempts:
-        raise ValueError(f"give {2 * attempts} client addresses")
+    """An unknown clinic, an unknown e-mail and a wrong password give the same
+    status, body and headers, and take comparable time (all three run bcrypt).
+    ``known_email`` is an account of the endpoints' clinic. Each attempt comes
+    from its own address; ``attempts`` wrong passwords must stay under the
+    per-account limit."""
+    kinds = ("unknown clinic", "unknown e-mail", "wrong password")
+    if len(endpoints) < len(kinds) * attempts:
+        raise ValueError(f"give {len(kinds) * attempts} client addresses")
     unknown_email = f"nobody-{time.time_ns()}@security.example"
-    answers: dict[str, list[tuple[int, Any, frozenset[str]]]] = {"unknown": [], "wrong": []}
-    seconds: dict[str, list[float]] = {"unknown": [], "wrong": []}
+    unknown_clinic = f"no-such-clinic-{time.time_ns()}"
+    answers: dict[str, list[tuple[int, Any, frozenset[str]]]] = {kind: [] for kind in kinds}
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     for index in range(attempts):
-        for kind, email in (("unknown", unknown_email), ("wrong", known_email)):
-            endpoint = endpoints[2 * index + (kind == "wrong")]
+        for offset, kind in enumerate(kinds):
+            endpoint = endpoints[len(kinds) * index + offset]
             started = time.perf_counter()
-            response = endpoint.login(email, "Not-The-Password-123")
+            if kind == "unknown clinic":
+                response = endpoint.login(
+                    known_email, "Not-The-Password-123", clinic_slug=unknown_clinic
+                )
+            else:
+                email = unknown_email if kind == "unknown e-mail" else known_email
+                response = endpoint.login(email, "Not-The-Password-123")
             seconds[kind].append(time.perf_counter() - started)
             answers[kind].append(_answer(response))
-    unknown, wrong = answers["unknown"][0], answers["wrong"][0]
-    if unknown[0] != 401 or wrong[0] != 401:
-        raise SecurityCheckFailed(
-            f"expected 401 for both, got unknown {unknown[0]}, wrong {wrong[0]}"
-        )
-    if unknown != wrong:
-        raise SecurityCheckFailed(
-            "an unknown e-mail and a wrong password answer differently (an account oracle): "
-            f"unknown {unknown}, wrong password {wrong}"
-        )
-    fast, slow = statistics.median(seconds["unknown"]), statistics.median(seconds["wrong"])
-    if fast < 0.3 * slow:
-        raise SecurityCheckFailed(
-            f"an unknown e-mail answers in {fast * 1000:.0f} ms, a wrong password in "
-            f"{slow * 1000:.0f} ms: the timing tells which e-mails have accounts"
-        )
+    first = {kind: answers[kind][0] for kind in kinds}
+    if any(answer[0] != 401 for answer in first.values()):
+        statuses = ", ".join(f"{kind} {answer[0]}" for kind, answer in first.items())
+        raise SecurityCheckFailed(f"expected 401 for all three, got {statuses}")
+    wrong = first["wrong password"]
+    for kind in ("unknown clinic", "unknown e-mail"):
+        if first[kind] != wrong:
+            raise SecurityCheckFailed(
+                f"an {kind} and a wrong password answer differently (an account oracle): "
+                f"{kind} {first[kind]}, wrong password {wrong}"
+            )
+    slow = statistics.median(seconds["wrong password"])
+    for kind in ("unknown clinic", "unknown e-mail"):
+        fast = statistics.median(seconds[kind])
+        if fast < 0.3 * slow:
+            raise SecurityCheckFailed(
+                f"an {kind} answers in {fast * 1000:.0f} ms, a wrong password in "
+                f"{slow * 1000:.0f} ms: the timing tells which accounts exist"
+            )
 
 
 def bcrypt_cost(password_hash: str) -> int:

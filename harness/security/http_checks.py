@@ -29,6 +29,7 @@ EVIL_ORIGIN = "https://evil.example"
 @dataclass(frozen=True)
 class LoginAttempt:
     url: str
+    clinic_slug: str
     email: str
     password: str
     client_ip: str
@@ -55,7 +56,11 @@ def fire_concurrently(attempts: Sequence[LoginAttempt]) -> BurstOutcome:
             start.wait(timeout=TIMEOUT_S)
             return client.post(
                 f"{attempt.url}/auth/login",
-                json={"email": attempt.email, "password": attempt.password},
+                json={
+                    "clinic_slug": attempt.clinic_slug,
+                    "email": attempt.email,
+                    "password": attempt.password,
+                },
                 headers={"X-Forwarded-For": attempt.client_ip},
             )
 

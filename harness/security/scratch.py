@@ -109,6 +109,18 @@ class ScratchCluster(StartedResource):
             app_dsn=self._dsn(name, APP_ROLE),
         )
 
+    def empty_database(self, prefix: str = "empty") -> ScratchDatabase:
+        """A fresh database with the platform's roles and no migration applied
+        (to test a migration against data written by the versions before it)."""
+        name = f"{prefix}_{next(self._counter)}"
+        self.reset_roles(database=name)  # bootstrap creates the database
+        return ScratchDatabase(
+            name=name,
+            superuser_dsn=self._dsn(name),
+            owner_dsn=self._dsn(name, OWNER_ROLE),
+            app_dsn=self._dsn(name, APP_ROLE),
+        )
+
     def reset_roles(self, *, database: str = TEMPLATE_DATABASE) -> None:
         """Put every role back as the platform defines it (undoes role-level defects)."""
         from system_under_test.migrate import bootstrap

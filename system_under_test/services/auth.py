@@ -83,7 +83,9 @@ async def _issue_pair(
 
 
 def _invalid_credentials(headers: dict[str, str]) -> Unauthorized:
-    return Unauthorized("email or password is wrong", code="invalid_credentials", headers=headers)
+    return Unauthorized(
+        "clinic, email or password is wrong", code="invalid_credentials", headers=headers
+    )
 
 
 async def login(call: Call) -> web.Response:
@@ -91,13 +93,17 @@ async def login(call: Call) -> web.Response:
     platform: Platform = call.platform
     settings = platform.settings
     email = body.email.strip().lower()
+    clinic_slug = body.clinic_slug.strip().lower()
+    # An account is an e-mail address within a clinic: the per-account budget
+    # is kept per (clinic, e-mail), whether or not that account exists.
+    account_key = digest(f"{clinic_slug}\n{email}")
     decision = tightest(
         [
             await hit(
                 platform.redis, "login_client", call.client_ip, settings.login_limit_per_client
             ),
             await hit(
-                platform.redis, "login_account", digest(email), settings.login_limit_per_account
+                platform.redis, "login_account", account_key, settings.login_limit_per_account
             ),
         ]
     )
@@ -108,7 +114,9 @@ async def login(call: Call) -> web.Response:
         raise RateLimited("too many login attempts; retry later", headers=headers)
 
     async with platform.db.unscoped() as conn:
-        cursor = await conn.execute("SELECT * FROM atendeai.find_user_for_login(%s)", (email,))
+        cursor = await conn.execute(
+            "SELECT * FROM atendeai.find_user_for_login(%s, %s)", (clinic_slug, email)
+        )
         account = await cursor.fetchone()
     password_ok = await verify_password(
         body.password, account["password_hash"] if account else None

@@ -1,6 +1,10 @@
 """Clinics service: read and update your own clinic (cache-aside in Redis,
 invalidated on every write); list and create clinics as a platform admin.
 
+A clinic's slug is its public login name (``POST /auth/login`` names the
+clinic): unique across the platform, set when the clinic is created, never
+changed by the clinic itself.
+
 Another clinic's id answers exactly like an id that does not exist: the
 cache is only consulted for the caller's own clinic, and RLS hides the rest.
 """
@@ -8,6 +12,8 @@ cache is only consulted for the caller's own clinic, and RLS hides the rest.
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 import uuid
 
 from aiohttp import web
@@ -34,6 +40,8 @@ from system_under_test.services.queries import CLINIC_SELECT_LIST, INSERT_USER, 
 log = logging.getLogger("atendeai.clinics")
 ADMINS = frozenset({"admin"})
 PLATFORM_ADMINS = frozenset({"platform_admin"})
+#: Room for "-" and 8 hex digits of the id within the 63 characters of a slug.
+MAX_DERIVED_SLUG = 54
 JSON_COLUMNS = frozenset({"department_emails", "working_hours", "ai_personality", "ai_behavior"})
 
 
@@ -114,34 +122,59 @@ async def list_clinics(call: Call) -> web.Response:
     return json_response(ClinicPage(items=items, limit=page.limit, offset=page.offset))
 
 
+def slug_from_name(name: str) -> str:
+    """``"Clínica São José"`` -> ``"clinica-sao-jose"`` (``"clinic"`` when nothing is left)."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    words = re.findall(r"[a-z0-9]+", ascii_name.lower())
+    return "-".join(words)[:MAX_DERIVED_SLUG].strip("-") or "clinic"
+
+
 async def create_clinic(call: Call) -> web.Response:
     body: ClinicCreate = call.body
-    fields = body.model_dump(exclude_unset=True, exclude={"admin"})
+    fields = body.model_dump(exclude_unset=True, exclude={"admin", "slug"})
     clinic_id = uuid.uuid4()
     password_hash = await hash_password(body.admin.password, call.platform.settings.bcrypt_rounds)
+    if "slug" in body.model_fields_set:
+        candidates = [body.slug]
+    else:  # the name's slug, then with a part of the id when another clinic has it
+        derived = slug_from_name(body.name)
+        candidates = [derived, f"{derived}-{clinic_id.hex[:8]}"]
+    for slug in candidates:
+        try:
+            created = await _insert_clinic(call, clinic_id, {**fields, "slug": slug}, password_hash)
+        except pg_errors.UniqueViolation as error:
+            if error.diag.constraint_name != "clinics_slug_key":
+                raise
+            continue
+        return json_response(created, status=201)
+    raise Conflict(f"the slug {candidates[-1]!r} is already in use", code="slug_taken")
+
+
+async def _insert_clinic(
+    call: Call, clinic_id: uuid.UUID, fields: dict, password_hash: str
+) -> ClinicCreated:
+    """The clinic and its first admin, in one transaction of the new clinic's context."""
+    body: ClinicCreate = call.body
     columns = ", ".join(f'"{c}"' for c in ("id", *fields))
     placeholders = ", ".join(f"%({c})s" for c in ("id", *fields))
-    try:
-        async with call.platform.db.tenant(call.tenant(clinic_id)) as conn:
-            cursor = await conn.execute(
-                f"INSERT INTO atendeai.clinics ({columns}) VALUES ({placeholders}) "
-                f"RETURNING {CLINIC_SELECT_LIST}",
-                {**_column_values(fields), "id": clinic_id},
-            )
-            clinic = Clinic.model_validate(await cursor.fetchone())
-            cursor = await conn.execute(
-                INSERT_USER,
-                {
-                    "name": body.admin.name,
-                    "email": body.admin.email.lower(),
-                    "password_hash": password_hash,
-                    "role": "admin",
-                },
-            )
-            admin = User.model_validate(await cursor.fetchone())
-    except pg_errors.UniqueViolation:
-        raise Conflict("the admin's e-mail is already in use", code="email_taken") from None
-    return json_response(ClinicCreated(clinic=clinic, admin=admin), status=201)
+    async with call.platform.db.tenant(call.tenant(clinic_id)) as conn:
+        cursor = await conn.execute(
+            f"INSERT INTO atendeai.clinics ({columns}) VALUES ({placeholders}) "
+            f"RETURNING {CLINIC_SELECT_LIST}",
+            {**_column_values(fields), "id": clinic_id},
+        )
+        clinic = Clinic.model_validate(await cursor.fetchone())
+        cursor = await conn.execute(
+            INSERT_USER,
+            {
+                "name": body.admin.name,
+                "email": body.admin.email.lower(),
+                "password_hash": password_hash,
+                "role": "admin",
+            },
+        )
+        admin = User.model_validate(await cursor.fetchone())
+    return ClinicCreated(clinic=clinic, admin=admin)
 
 
 assert set(CLINIC_EDITABLE) <= set(Clinic.model_fields), "editable fields must be columns"
