@@ -1,22 +1,48 @@
-"""The gate's pure parts: acceptance mapping, cross-check, reports, Locust CSV."""
+"""The gate's parts: acceptance mapping, cross-check, reports, Locust CSV; and the
+evidence behind each figure (sample counts, scrape targets' up-ness) read from a
+real Prometheus: the stack's, and one of this module's own whose only target is
+a metrics page the test fills and takes down at will.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from harness.gate.acceptance import Criterion, CriterionStatus, assess
 from harness.gate.crosscheck import cross_check
+from harness.gate.evidence import read_objectives
 from harness.gate.memory import tree_rss_bytes
+from harness.gate.prometheus import PrometheusReader
 from harness.gate.report import write_reports
 from harness.gate.result import GateResult
 from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit
 from harness.loadrun import ClientFigures, EndpointFigures, HistoryPoint, read_locust_csv
-from harness.slo import Objective, Verdict, evaluate_objective
+from harness.processes import LOOPBACK, free_ports, wait_until
+from harness.providers.prometheus import LocalPrometheus, PrometheusSettings, ScrapeJob
+from harness.slo import (
+    Evidence,
+    Objective,
+    ObjectiveResult,
+    SloFile,
+    Status,
+    TargetUptime,
+    Verdict,
+    evaluate,
+    evaluate_objective,
+    load_slo_file,
+)
+from harness.stack import Stack
+from harness.tenants import Tenant
 
 
 def _objective(name: str, **fields) -> Objective:
@@ -241,3 +267,277 @@ def test_the_benchmark_summary_shows_objectives_in_their_units_and_both_views() 
     assert "POST /auth/login: 260 / n/a" in text
     assert text.index("GET /clinics/me") < text.index("POST /auth/login")  # busiest first
     assert "capacity: 2000 users broke" in text
+
+
+# --- NOT VERIFIABLE in the reports and the acceptance criteria ---------------------------
+
+UP = TargetUptime("auth", "127.0.0.1:1", 1.0, 1.0, 60)
+DOWN = TargetUptime("users", "127.0.0.1:2", 0.0, 0.9, 60)
+
+
+def _unverifiable_result() -> GateResult:
+    p95 = _objective(
+        "p95_overall", query="histogram_quantile(0.95, sum by (le) (rate(h_bucket[$window])))"
+    )
+    errors = _objective("error_ratio", unit="ratio", threshold=0.01)
+    results = (
+        evaluate_objective(p95, 0.05, evidence=Evidence(3, (UP,))),
+        evaluate_objective(errors, 0.0, evidence=Evidence(5000, (UP,))),
+    )
+    p95_criterion = Criterion("performance", "p95", "p95", objectives=("p95_overall",))
+    return GateResult(
+        run_id="20261124T000000Z-smoke",
+        profile="smoke",
+        provider="local",
+        load_mode="closed model",
+        verdict=Verdict.NO_GO,
+        window=(1_790_000_000.0, 1_790_000_060.0),
+        objectives=results,
+        queries={"p95_overall": "histogram_quantile(0.95, ...[60s])"},
+        sample_queries={"p95_overall": "sum(increase(h_count[60s]))"},
+        target_uptime=(UP, DOWN),
+        cross_checks=(),
+        acceptance=tuple(assess([p95_criterion], None, results)),
+        suites=None,
+        client=None,
+    )
+
+
+def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_path):
+    result = _unverifiable_result()
+    assert result.objectives[0].status is Status.NOT_VERIFIABLE
+    assert result.objectives[1].status is Status.PASS  # no threshold ratio default here
+    paths = write_reports(result, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    first = data["objectives"][0]
+    assert first["status"] == "not_verifiable" and first["verifiable"] is False
+    assert (first["samples"], first["min_samples"]) == (3, 20)
+    assert data["target_uptime"][1]["down_in_window"] is True
+    assert data["sample_queries"]["p95_overall"] == "sum(increase(h_count[60s]))"
+    markdown = paths["markdown"].read_text()
+    assert "NO-GO: p95_overall not verifiable" in markdown
+    assert "| p95_overall | 50.0 ms | 3 (too few: at least 20 needed) |" in markdown
+    assert "| NOT VERIFIABLE |" in markdown
+    assert "3 samples in the window, at least 20 needed" in markdown  # the reason, spelled out
+    assert "users/127.0.0.1:2 DOWN at times: up 90.0% of 60 scrapes" in markdown
+    assert "| error_ratio | 0.000 % | 5,000 |" in markdown
+    html = paths["html"].read_text()
+    assert "NOT VERIFIABLE" in html and "too few: at least 20 needed" in html
+    assert "Scrape targets over the window" in html and "sum(increase(h_count[60s]))" in html
+    junit = ET.parse(paths["junit"]).getroot().find("testsuite[@name='slo']")
+    assert junit is not None and junit.get("failures") == "1"
+    failure = junit.find("testcase[@name='p95_overall']/failure")
+    assert failure is not None and failure.get("message", "").startswith("not verifiable: 3")
+    criterion = result.acceptance[0]
+    assert criterion.status is CriterionStatus.NOT_VERIFIABLE, criterion
+    assert "3 samples in the window" in criterion.evidence[0]
+
+
+def test_a_failure_beside_an_unverifiable_objective_still_fails_the_criterion():
+    both = Criterion("performance", "p95", "p95", objectives=("a", "b"))
+    failed = evaluate_objective(_objective("a"), 0.5)
+    unverified = evaluate_objective(_objective("b"), None)
+    assert assess([both], None, [failed, unverified])[0].status is CriterionStatus.FAIL
+    assert assess([both], None, [unverified])[0].status is CriterionStatus.NOT_VERIFIABLE
+
+
+def test_the_benchmark_summary_shows_each_figures_samples() -> None:
+    from harness.benchmark import summarise
+
+    report = {
+        "profile": "smoke", "verdict": "no-go", "run_id": "r2", "load_mode": "closed model",
+        "objectives": [
+            {"objective": {"name": "p95_login", "unit": "seconds"}, "value": 0.05,
+             "status": "not_verifiable", "samples": 12},
+        ],
+    }  # fmt: skip
+    assert "login 50.0 ms (not verifiable, 12 samples)" in summarise(report, wall_s=60)
+
+
+# --- evidence from a real Prometheus: the stack's -----------------------------------------
+
+
+def _scraped_past(reader: PrometheusReader, at: float, selector: str = "up") -> None:
+    """Wait until every target matching ``selector`` has been scraped at or after ``at``."""
+    wait_until(
+        lambda: (reader.instant(f"min(timestamp({selector}))", time.time()) or 0) >= at,
+        timeout=30,
+        interval=0.1,
+        what=f"Prometheus to scrape {selector} past {at:.1f}",
+    )
+
+
+def _window(reader: PrometheusReader, action: Callable[[], object], selector: str = "up"):
+    """(start, end) of a window that holds a scrape before ``action`` and one after it."""
+    start = time.time()
+    _scraped_past(reader, start, selector)
+    action()
+    _scraped_past(reader, time.time(), selector)
+    return start, time.time()
+
+
+def _one(name: str, slo: SloFile) -> SloFile:
+    return SloFile(version=1, objectives=[o for o in slo.objectives if o.name == name])
+
+
+def _evaluate(slo: SloFile, reader: PrometheusReader, window: tuple[float, float]):
+    readings = read_objectives(slo, reader, window)
+    (result,) = evaluate(slo, readings.values, evidence=readings.evidence)
+    return result, readings
+
+
+def test_live_a_percentile_of_three_requests_is_not_verifiable(stack: Stack, tenant: Tenant):
+    """The default file's p95_reads over windows of the stack's own Prometheus: three
+    reads are too few for a p95; forty are enough (the control)."""
+    assert stack.prometheus_url, "the suites' stack has a Prometheus"
+    reader = PrometheusReader(stack.prometheus_url)
+    reads = _one("p95_reads", load_slo_file())
+    clinic = tenant.client("clinics", "staff")
+
+    def get(times: int) -> None:
+        for _ in range(times):
+            assert clinic.get("/clinics/me").status_code == 200
+
+    clinics = 'up{job="clinics"}'
+    get(1)  # the series exists before the windows (increase needs two samples)
+    _scraped_past(reader, time.time(), clinics)
+    few, readings = _evaluate(reads, reader, _window(reader, lambda: get(3), clinics))
+    assert few.status is Status.NOT_VERIFIABLE, few
+    assert few.samples is not None and 2 <= few.samples < 20, few
+    assert "samples in the window, at least 20 needed" in few.reason
+    assert readings.targets and not any(t.down_in_window for t in readings.targets)
+    assert verdict_of(few) is Verdict.NO_GO
+
+    enough, _ = _evaluate(reads, reader, _window(reader, lambda: get(40), clinics))
+    assert enough.verifiable and enough.samples is not None and enough.samples >= 20, enough
+    assert enough.status in (Status.PASS, Status.WARN, Status.FAIL)
+
+
+def verdict_of(result: ObjectiveResult) -> Verdict:
+    from harness.slo import verdict
+
+    return verdict([result])
+
+
+# --- evidence from a real Prometheus of this module's own ----------------------------------
+
+PROBE_P95 = Objective(
+    name="p95_probe",
+    query="histogram_quantile(0.95, sum by (le) "
+    '(rate(probe_request_duration_seconds_bucket{job="probe"}[$window])))',
+    comparator="<",
+    threshold=0.2,
+)
+PROBE = 'up{job="probe"}'
+
+
+class MetricsPage:
+    """A ``/metrics`` page with one histogram the test fills (every observation 10 ms),
+    served on a fixed port that can be closed (the target is down) and reopened."""
+
+    def __init__(self) -> None:
+        self.port = free_ports(1)[0]
+        self.count = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    def observe(self, times: int) -> None:
+        self.count += times
+
+    def text(self) -> str:
+        name = "probe_request_duration_seconds"
+        return (
+            f"# TYPE {name} histogram\n"
+            f'{name}_bucket{{le="0.05"}} {self.count}\n'
+            f'{name}_bucket{{le="+Inf"}} {self.count}\n'
+            f"{name}_sum {self.count * 0.01}\n{name}_count {self.count}\n"
+        )
+
+    def start(self) -> None:
+        page = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = page.text().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@dataclass(frozen=True)
+class ProbePrometheus:
+    reader: PrometheusReader
+    page: MetricsPage
+
+
+@pytest.fixture(scope="module")
+def probe_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProbePrometheus]:
+    page = MetricsPage()
+    page.start()
+    settings = PrometheusSettings(scrape_interval_s=0.5, rules_dir=None)
+    job = ScrapeJob("probe", (f"{LOOPBACK}:{page.port}",))
+    try:
+        with LocalPrometheus(
+            tmp_path_factory.mktemp("probe-prometheus"), jobs=[job], settings=settings
+        ) as prometheus:
+            reader = PrometheusReader(prometheus.url())
+            # Prometheus 2.42 hands new targets to its scrapers on a 5 s tick
+            _scraped_past(reader, time.time(), PROBE)
+            yield ProbePrometheus(reader, page)
+    finally:
+        page.stop()
+
+
+def _probe_up(reader: PrometheusReader) -> float | None:
+    return reader.instant(PROBE, time.time())
+
+
+def test_live_a_window_with_its_target_down_is_not_verifiable(probe_prometheus):
+    reader, page = probe_prometheus.reader, probe_prometheus.page
+    slo = SloFile(version=1, objectives=[PROBE_P95])
+
+    def outage() -> None:
+        page.observe(100)
+        _scraped_past(reader, time.time(), PROBE)
+        page.stop()
+        wait_until(lambda: _probe_up(reader) == 0, timeout=15, what="the probe to be seen down")
+        page.start()
+        page.observe(100)
+        wait_until(lambda: _probe_up(reader) == 1, timeout=15, what="the probe to be seen up")
+
+    down, readings = _evaluate(slo, reader, _window(reader, outage, PROBE))
+    assert down.status is Status.NOT_VERIFIABLE, down
+    assert f"scrape target(s) down during the window: probe/{LOOPBACK}:{page.port}" in down.reason
+    assert down.samples is not None and down.samples >= 20  # the outage alone decided
+    (probe,) = [t for t in readings.targets or () if t.job == "probe"]
+    assert probe.min_up == 0 and 0 < probe.avg_up < 1
+
+    # the control: the next window, every scrape up, the same figure passes
+    time.sleep(1)  # the window is rounded to whole seconds: keep the outage out of it
+    control, readings = _evaluate(slo, reader, _window(reader, lambda: page.observe(100), PROBE))
+    assert control.status is Status.PASS, control
+    assert readings.targets and not any(t.down_in_window for t in readings.targets)
+
+
+def test_live_a_percentile_of_nothing_is_nan_and_not_verifiable(probe_prometheus):
+    reader = probe_prometheus.reader
+    slo = SloFile(version=1, objectives=[PROBE_P95])
+    quiet, readings = _evaluate(
+        slo, reader, _window(reader, lambda: _scraped_past(reader, time.time() + 0.6, PROBE), PROBE)
+    )
+    assert readings.values["p95_probe"] != readings.values["p95_probe"]  # NaN from Prometheus
+    assert quiet.status is Status.NOT_VERIFIABLE and "returned NaN" in quiet.reason, quiet
+    assert quiet.samples == 0 and quiet.value is None

@@ -110,7 +110,9 @@ def summarise(report: dict[str, Any], wall_s: float) -> str:
         shown = {"seconds": f"{value * 1000:.1f} ms", "ratio": f"{value * 100:.3f} %"}.get(
             unit, f"{value:g}"
         )
-        return f"{shown} ({item['status']})"
+        status = item["status"].replace("_", " ")
+        samples = item.get("samples")
+        return f"{shown} ({status}" + ("" if samples is None else f", {samples:,.0f} samples") + ")"
 
     lines = [
         f"## {report['profile']}: {report['verdict'].upper()}  (run {report['run_id']}, "

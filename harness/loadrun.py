@@ -145,6 +145,15 @@ class ClientFigures:
         }
         return figures.get(name)
 
+    def figure_samples(self, name: str) -> int | None:
+        """How many samples ``figure(name)`` rests on: the requests for request
+        figures, the history's points (one a second) for user counts."""
+        if name in ("requests_per_second", "p95_ms", "failure_ratio"):
+            return self.aggregated.requests
+        if name in ("users_peak", "users_target_ratio"):
+            return len(self.history)
+        return None
+
 
 def _number(text: str) -> float | None:
     try:

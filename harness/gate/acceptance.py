@@ -169,14 +169,18 @@ def assess(
                 failed |= recovery.status is DrillStatus.FAIL
                 evidence.append(recovery.reason)
                 evidence.extend(step.describe() for step in recovery.steps)
+        unverified = False  # an objective without enough evidence for a verdict
         for name in criterion.objectives:
             result = by_name.get(name)
             if result is None:
                 evidence.append(f"objective {name}: not evaluated")
                 continue
-            decided = True
-            failed |= result.status in (Status.FAIL, Status.NO_DATA)
             evidence.append(f"objective {name}: {result.status} ({result.reason})")
+            if result.status is Status.NOT_VERIFIABLE:
+                unverified = True
+                continue
+            decided = True
+            failed |= result.status is Status.FAIL
         if criterion.suites and suites is not None:
             matching = [
                 o for o in suites.outcomes
@@ -194,10 +198,14 @@ def assess(
         if unverifiable:
             status = CriterionStatus.NOT_VERIFIABLE
             evidence.insert(0, unverifiable)
+        elif failed:
+            status = CriterionStatus.FAIL
+        elif unverified:
+            status = CriterionStatus.NOT_VERIFIABLE
         elif not decided:
             status = CriterionStatus.NOT_VERIFIABLE
             evidence.append("no test or objective ran for it")
         else:
-            status = CriterionStatus.FAIL if failed else CriterionStatus.PASS
+            status = CriterionStatus.PASS
         results.append(CriterionResult(criterion, status, tuple(evidence)))
     return results

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from prometheus_api_client import PrometheusConnect
 
-from harness.slo import Objective, render_query
+from harness.slo import Objective, TargetUptime, render_query, render_samples_query
 
 
 class QueryError(RuntimeError):
@@ -20,7 +20,13 @@ class PrometheusReader:
         self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s)
 
     def instant(self, query: str, at: float) -> float | None:
-        """One number at time ``at`` (None when the query has no data)."""
+        """One number at time ``at`` (None when the query has no data or gives NaN)."""
+        value = self.instant_raw(query, at)
+        return None if value is None or math.isnan(value) else value
+
+    def instant_raw(self, query: str, at: float) -> float | None:
+        """One number at time ``at`` as Prometheus gave it, NaN and Inf included
+        (None when the query has no data)."""
         try:
             result = self._client.custom_query(query, params={"time": f"{at:.3f}"})
         except Exception as error:  # the client raises several types; keep the query
@@ -33,7 +39,7 @@ class PrometheusReader:
             value = float(result[0]["value"][1])
         else:  # a scalar: [time, "value"]
             value = float(result[1])
-        return None if math.isnan(value) else value
+        return value
 
     def by_labels(self, query: str, at: float, labels: tuple[str, ...]) -> dict[str, float]:
         """One number per series at ``at``, keyed by the series' ``labels`` joined by a space."""
@@ -49,6 +55,37 @@ class PrometheusReader:
 
     def objective_value(self, objective: Objective, start: float, end: float) -> float | None:
         return self.instant(render_query(objective, max(1, round(end - start))), end)
+
+    def objective_figure(self, objective: Objective, start: float, end: float) -> float | None:
+        """The objective's figure over the window, NaN and Inf kept (None: no data)."""
+        return self.instant_raw(render_query(objective, max(1, round(end - start))), end)
+
+    def sample_count(self, objective: Objective, start: float, end: float) -> float | None:
+        """How many samples the objective's figure rests on over the window: 0 when
+        the count's series saw nothing; None when the objective has no count."""
+        query = render_samples_query(objective, max(1, round(end - start)))
+        if query is None:
+            return None
+        value = self.instant_raw(query, end)
+        return 0.0 if value is None or math.isnan(value) else value
+
+    def target_uptime(self, start: float, end: float) -> tuple[TargetUptime, ...]:
+        """Every scrape target's ``up`` over the window: lowest, average, scrape count."""
+        seconds = max(1, round(end - start))
+        labels = ("job", "instance")
+        lowest = self.by_labels(f"min_over_time(up[{seconds}s])", end, labels)
+        average = self.by_labels(f"avg_over_time(up[{seconds}s])", end, labels)
+        scrapes = self.by_labels(f"count_over_time(up[{seconds}s])", end, labels)
+        return tuple(
+            TargetUptime(
+                job=key.split(" ", 1)[0],
+                instance=key.split(" ", 1)[1],
+                min_up=lowest[key],
+                avg_up=average.get(key, lowest[key]),
+                scrapes=int(scrapes.get(key, 0)),
+            )
+            for key in sorted(lowest)
+        )
 
     def series(
         self, query: str, start: float, end: float, step_s: int

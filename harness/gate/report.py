@@ -1,7 +1,8 @@
 """The gate's four reports, written from one ``GateResult``:
 
 - ``report.html`` for a person: the verdict first, then every objective with
-  value, threshold, margin and query; the cross-check; plots over time; the
+  value, the samples it rests on, threshold, margin and query; the scrape
+  targets' up-ness over the window; the cross-check; plots over time; the
   recovery drill's steps; the acceptance criteria; the suites;
 - ``report.json`` for machines; ``junit.xml`` for CI; ``summary.md`` for a
   pull request comment.
@@ -22,11 +23,11 @@ from pathlib import Path
 from harness.gate.acceptance import CriterionStatus
 from harness.gate.recovery import DrillStatus, DrillStep, RecoveryResult
 from harness.gate.result import GateResult, Series, plain
-from harness.slo import ObjectiveResult, Status, Verdict
+from harness.slo import ObjectiveResult, Status, TargetUptime, Verdict
 
 STATUS_COLOURS = {
     "pass": "#1a7f37", "PASS": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "FAIL": "#cf222e",
-    "no_data": "#cf222e", "NOT VERIFIABLE HERE": "#57606a",
+    "NOT VERIFIABLE": "#cf222e", "NOT VERIFIABLE HERE": "#57606a",
 }  # fmt: skip
 
 
@@ -76,18 +77,64 @@ def _margin(result: ObjectiveResult) -> str:
     )
 
 
+def status_text(result: ObjectiveResult) -> str:
+    """``pass``, ``warn``, ``fail`` or ``NOT VERIFIABLE`` (not enough evidence: blocks a go)."""
+    return "NOT VERIFIABLE" if result.status is Status.NOT_VERIFIABLE else result.status.value
+
+
+def format_samples(result: ObjectiveResult) -> str:
+    """The samples a value rests on, beside the minimum it needed."""
+    if result.samples is None:
+        return "not counted" + (
+            f" (at least {result.min_samples:,} needed)" if result.min_samples else ""
+        )
+    shown = f"{result.samples:,.0f}"
+    if result.min_samples is None:
+        return shown
+    if result.samples < result.min_samples:
+        return f"{shown} (too few: at least {result.min_samples:,} needed)"
+    return f"{shown} (at least {result.min_samples:,} needed)"
+
+
+def _uptime(target: TargetUptime) -> str:
+    if not target.down_in_window:
+        return f"up at all {target.scrapes} scrapes"
+    return f"DOWN at times: up {target.avg_up:.1%} of {target.scrapes} scrapes"
+
+
+def targets_line(result: GateResult) -> str:
+    """One sentence on the scrape targets over the window."""
+    targets = result.target_uptime
+    if targets is None:
+        return (
+            "Scrape targets over the window: could not be read (every Prometheus "
+            "objective is NOT VERIFIABLE)."
+        )
+    if not targets:
+        return "Scrape targets over the window: none was scraped."
+    down = [t for t in targets if t.down_in_window]
+    if not down:
+        return f"Scrape targets over the window: all {len(targets)} up at every scrape."
+    return (
+        f"Scrape targets over the window: {len(down)} of {len(targets)} down at times: "
+        + "; ".join(f"{t.label} {_uptime(t)}" for t in down)
+        + "."
+    )
+
+
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _headline(result: GateResult) -> str:
     warnings = sum(1 for r in result.objectives if r.status is Status.WARN)
-    failed = [
-        r.objective.name for r in result.objectives if r.status in (Status.FAIL, Status.NO_DATA)
-    ]
+    failed = [r.objective.name for r in result.objectives if r.status is Status.FAIL]
+    unverified = [r.objective.name for r in result.objectives if r.status is Status.NOT_VERIFIABLE]
     text = "GO" if result.verdict is Verdict.GO else "NO-GO"
     if failed:
         text += f": {', '.join(failed)} broke"
+    if unverified:
+        text += ("; " if failed else ": ") + f"{', '.join(unverified)} not verifiable"
     if warnings:
         text += f" ({warnings} warning{'s' if warnings > 1 else ''})"
     if result.recovery is not None and result.recovery.status is DrillStatus.FAIL:
@@ -118,11 +165,18 @@ def render_markdown(result: GateResult) -> str:
             f"Load window {_when(result.window[0])} → {_when(result.window[1])} "
             f"({result.window[1] - result.window[0]:.0f} s)."
         )
-    lines += ["", "| objective | value | threshold | status |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| objective | value | samples | threshold | status |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in result.objectives:
         lines.append(
-            f"| {r.objective.name} | {format_value(r)} | {_threshold(r)} | {r.status.value} |"
+            f"| {r.objective.name} | {format_value(r)} | {format_samples(r)} | {_threshold(r)} "
+            f"| {status_text(r)} |"
         )
+    lines += [f"- {r.objective.name}: {r.reason}" for r in result.objectives if not r.verifiable]
+    lines += ["", targets_line(result)]
     if result.cross_checks:
         lines += [
             "",
@@ -184,7 +238,7 @@ def render_junit(result: GateResult) -> str:
     failures = 0
     for r in result.objectives:
         case = ET.SubElement(slo, "testcase", classname="slo", name=r.objective.name)
-        if r.status in (Status.FAIL, Status.NO_DATA):
+        if r.status in (Status.FAIL, Status.NOT_VERIFIABLE):
             failures += 1
             ET.SubElement(case, "failure", message=r.reason).text = result.queries.get(
                 r.objective.name, r.objective.query
@@ -316,17 +370,35 @@ def render_html(result: GateResult) -> str:
         + "</p>",
         "<h2>Objectives</h2>",
         _table(
-            ["objective", "value", "threshold", "margin", "status", "why", "query"],
+            ["objective", "value", "samples", "threshold", "margin", "status", "why", "query"],
             [
                 [
-                    e(r.objective.name), format_value(r), e(_threshold(r)), e(_margin(r)),
-                    _badge(r.status.value), e(r.reason),
-                    f"<code>{e(result.queries.get(r.objective.name, r.objective.query))}</code>",
+                    e(r.objective.name), format_value(r), e(format_samples(r)), e(_threshold(r)),
+                    e(_margin(r)), _badge(status_text(r)), e(r.reason),
+                    f"<code>{e(result.queries.get(r.objective.name, r.objective.query))}</code>"
+                    + (
+                        f"<br><small>samples: <code>{e(counted)}</code></small>"
+                        if (counted := result.sample_queries.get(r.objective.name))
+                        else ""
+                    ),
                 ]
                 for r in result.objectives
             ],
         ),
+        "<h2>Scrape targets over the window</h2>",
+        f"<p>{e(targets_line(result))}</p>",
     ]  # fmt: skip
+    if result.target_uptime:
+        sections.append(
+            _table(
+                ["target", "lowest up", "up share", "scrapes", "status"],
+                [
+                    [e(t.label), f"{t.min_up:g}", f"{t.avg_up:.1%}", str(t.scrapes),
+                     _badge("FAIL" if t.down_in_window else "PASS") + " " + e(_uptime(t))]
+                    for t in result.target_uptime
+                ],
+            )
+        )  # fmt: skip
     if result.cross_checks:
         sections += [
             "<h2>Server and client views</h2>",

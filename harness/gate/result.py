@@ -13,7 +13,7 @@ from harness.gate.crosscheck import CrossCheck
 from harness.gate.recovery import RecoveryResult
 from harness.gate.suites import SuiteResults
 from harness.loadrun import ClientFigures
-from harness.slo import ObjectiveResult, Verdict
+from harness.slo import ObjectiveResult, TargetUptime, Verdict
 
 Series = list[tuple[float, float]]
 
@@ -42,13 +42,19 @@ class GateResult:
     # server-side p95 per endpoint over the window, in ms, keyed "METHOD /route"
     # like the load generator's endpoint labels
     endpoint_p95_ms: dict[str, float] = field(default_factory=dict)
+    sample_queries: dict[str, str] = field(default_factory=dict)  # objective -> its count
+    # every scrape target's up-ness over the load window (None: it could not be read)
+    target_uptime: tuple[TargetUptime, ...] | None = ()
 
 
 def plain(value: Any) -> Any:
     """JSON-ready data from dataclasses, enums, paths and tuples."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         data = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        for name in ("label", "users_peak", "duration_s", "difference", "recovery_s"):
+        for name in (
+            "label", "users_peak", "duration_s", "difference", "recovery_s", "down_in_window",
+            "verifiable",
+        ):  # fmt: skip
             if hasattr(type(value), name) and isinstance(getattr(type(value), name), property):
                 data[name] = plain(getattr(value, name))
         return data

@@ -20,10 +20,11 @@ from pathlib import Path
 from harness.exceptions import ConfigurationError, HarnessError
 from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.crosscheck import cross_check
+from harness.gate.evidence import read_objectives
 from harness.gate.memory import PeakMemory, megabytes, tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader, QueryError
 from harness.gate.recovery import DrillStatus, RecoveryResult, run_recovery_drill
-from harness.gate.report import format_value, write_reports
+from harness.gate.report import format_samples, format_value, status_text, write_reports
 from harness.gate.result import GateResult
 from harness.gate.suites import SuiteResults, run_suites
 from harness.loadrun import ClientFigures, LoadRunConfig, run_load
@@ -35,7 +36,6 @@ from harness.slo import (
     Verdict,
     evaluate,
     load_slo_file,
-    render_query,
     verdict,
 )
 from harness.stack import Stack
@@ -240,8 +240,17 @@ class GateRun:
             self._wait_for_last_scrape(reader, window[1])
 
             baseline, baseline_from = find_baseline(self.config, self.config.reports_dir)
-            values, queries = self._objective_values(slo, reader, client, window, notes)
-            results = evaluate(slo, values, baseline, profile=self.config.profile)
+            readings = read_objectives(
+                slo, reader, window, profile=self.config.profile, client=client
+            )
+            notes.extend(readings.notes)
+            results = evaluate(
+                slo,
+                readings.values,
+                baseline,
+                profile=self.config.profile,
+                evidence=readings.evidence,
+            )
             notes.extend(
                 f"objective {o.name} does not apply to the {self.config.profile} profile"
                 for o in slo.objectives
@@ -278,7 +287,9 @@ class GateRun:
             ),
             window=window,
             objectives=tuple(results),
-            queries=queries,
+            queries=readings.queries,
+            sample_queries=readings.sample_queries,
+            target_uptime=readings.targets,
             cross_checks=tuple(cross_check(results, client)),
             acceptance=tuple(assess(CRITERIA, suites, results, recovery)),
             suites=suites,
@@ -333,32 +344,6 @@ class GateRun:
             time.sleep(0.5)
         self.progress("warning: Prometheus did not scrape past the load window within 30 s")
 
-    def _objective_values(
-        self,
-        slo: SloFile,
-        reader: PrometheusReader,
-        client: ClientFigures,
-        window: tuple[float, float],
-        notes: list[str],
-    ) -> tuple[dict[str, float | None], dict[str, str]]:
-        values: dict[str, float | None] = {}
-        queries: dict[str, str] = {}
-        seconds = max(1, round(window[1] - window[0]))
-        for objective in slo.objectives:
-            if not objective.applies_to(self.config.profile):
-                continue
-            if objective.source == "locust":
-                queries[objective.name] = f"load generator: {objective.query}"
-                values[objective.name] = client.figure(objective.query)
-                continue
-            queries[objective.name] = render_query(objective, seconds)
-            try:
-                values[objective.name] = reader.objective_value(objective, *window)
-            except QueryError as error:
-                notes.append(f"{objective.name}: {error}")
-                values[objective.name] = None
-        return values, queries
-
     def _series(
         self,
         reader: PrometheusReader,
@@ -383,9 +368,12 @@ class GateRun:
         self.progress(f"verdict: {result.verdict.value.upper()}")
         for r in result.objectives:
             self.progress(
-                f"  {r.status.value:8} {r.objective.name:14} {format_value(r):>12}  "
-                f"({r.objective.comparator} {format_value(r, r.objective.threshold)})"
+                f"  {status_text(r):14} {r.objective.name:14} {format_value(r):>12}  "
+                f"({r.objective.comparator} {format_value(r, r.objective.threshold)}; "
+                f"samples {format_samples(r)})"
             )
+            if not r.verifiable:
+                self.progress(f"    {r.reason}")
         if (drill := result.recovery) is not None:
             self.progress(f"  recovery drill {drill.status.value}: {drill.reason}")
         self.progress(f"report: {paths['html']}")

@@ -1,0 +1,86 @@
+"""Every objective's figure and the evidence it rests on, read over the load window.
+
+For each objective that applies to the profile: its value (Prometheus, or the
+load generator for ``source: locust``), how many samples it was computed from
+(``Objective.sample_count_query``, or the load generator's counts) and the
+scrape targets' up-ness over the same window. ``harness.slo.evaluate`` turns
+them into verdicts; a read that fails leaves a note and no figure, which the
+evaluation reports as NOT VERIFIABLE, never as a pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.gate.prometheus import PrometheusReader, QueryError
+from harness.loadrun import ClientFigures
+from harness.slo import (
+    Evidence,
+    SloFile,
+    TargetUptime,
+    render_query,
+    render_samples_query,
+)
+
+
+@dataclass(frozen=True)
+class Readings:
+    values: dict[str, float | None]  # objective -> figure (NaN and Inf kept: evaluate says why)
+    evidence: dict[str, Evidence]  # objective -> samples and targets
+    queries: dict[str, str]  # objective -> the PromQL (or load-generator figure) that ran
+    sample_queries: dict[str, str]  # objective -> the PromQL that counted its samples
+    targets: tuple[TargetUptime, ...] | None  # None: up-ness could not be read
+    notes: tuple[str, ...]
+
+
+def read_objectives(
+    slo: SloFile,
+    reader: PrometheusReader,
+    window: tuple[float, float],
+    *,
+    profile: str | None = None,
+    client: ClientFigures | None = None,
+) -> Readings:
+    """The figures and evidence of ``slo``'s objectives for ``profile`` over ``window``."""
+    start, end = window
+    seconds = max(1, round(end - start))
+    notes: list[str] = []
+    targets: tuple[TargetUptime, ...] | None
+    try:
+        targets = reader.target_uptime(start, end)
+    except QueryError as error:
+        notes.append(f"scrape targets' up-ness: {error}")
+        targets = None
+    values: dict[str, float | None] = {}
+    evidence: dict[str, Evidence] = {}
+    queries: dict[str, str] = {}
+    sample_queries: dict[str, str] = {}
+    for objective in slo.objectives:
+        if not objective.applies_to(profile):
+            continue
+        name = objective.name
+        if objective.source == "locust":
+            queries[name] = f"load generator: {objective.query}"
+            values[name] = None if client is None else client.figure(objective.query)
+            samples = None if client is None else client.figure_samples(objective.query)
+            evidence[name] = Evidence(None if samples is None else float(samples), targets)
+            continue
+        queries[name] = render_query(objective, seconds)
+        try:
+            values[name] = reader.objective_figure(objective, start, end)
+        except QueryError as error:
+            notes.append(f"{name}: {error}")
+            values[name] = None
+        counted: float | None = None
+        samples_query = render_samples_query(objective, seconds)
+        if samples_query is not None:
+            sample_queries[name] = samples_query
+            try:
+                counted = reader.sample_count(objective, start, end)
+            except QueryError as error:
+                notes.append(f"{name} samples: {error}")
+        evidence[name] = Evidence(counted, targets)
+    return Readings(values, evidence, queries, sample_queries, targets, tuple(notes))
+
+
+__all__ = ["Readings", "read_objectives"]
