@@ -10,8 +10,10 @@ Subcommands:
 
 - ``atendeai gate [--profile P] [--provider local|containers|external] ...``:
   the release gate (``harness.gate.command``); exit 0 go, 1 no-go, 2 broken.
-- ``atendeai lint-rls --dsn DSN [--json]``: the RLS lint (``harness.rls_lint``)
-  against any database; exit 0 clean, 1 findings, 2 could not run.
+- ``atendeai lint-rls --dsn DSN [--schema S] [--app-role R] [--tenant-column C] [--json]``:
+  the RLS lint (``harness.rls_lint``) against any database, this platform's or
+  another schema (its options: ``atendeai lint-rls --help``); exit 0 clean,
+  1 findings, 2 could not run or a bad option.
 
 Exit codes of ``up``: 0 success; 2 bad usage or a stack that failed to start
 (the error's evidence is printed); 130 interrupted while starting.
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     # listed here for --help; main() hands its arguments to harness.rls_lint
     commands.add_parser(
         "lint-rls",
-        help="check a live database's row level security setup (--dsn DSN); exit 1 on findings",
+        help="check a live database's row level security setup (--dsn DSN; options: "
+        "lint-rls --help); exit 1 on findings",
         add_help=False,
     )
     return parser
