@@ -21,6 +21,7 @@ from system_under_test import SERVICES, metrics
 from system_under_test.config import Settings
 from system_under_test.db import Database, TenantContext
 from system_under_test.errors import Unauthorized
+from system_under_test.faults import announce, injected_statuses, with_faults
 from system_under_test.middleware import build_middlewares
 from system_under_test.routing import (
     JSON_OBJECT,
@@ -188,7 +189,8 @@ def create_app(service: str, settings: Settings) -> web.Application:
         raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     module = importlib.import_module(f"system_under_test.services.{service}")
     service_routes: list[Route] = list(module.ROUTES)
-    routes = common_routes(service, service_routes) + service_routes
+    # ATENDEAI_FAULTS: the routes it names get a misbehaving handler (none by default)
+    routes = with_faults(settings.faults, common_routes(service, service_routes) + service_routes)
 
     app = web.Application(
         middlewares=build_middlewares(settings), client_max_size=settings.max_body_bytes
@@ -217,11 +219,24 @@ def create_app(service: str, settings: Settings) -> web.Application:
         ),
     )
     app[PLATFORM_KEY] = platform
+    faults = settings.faults
     metrics.initialise(
         service,
         VERSION,
-        [(r.method, r.path, {*r.responses, *r.errors, 500}) for r in routes],
+        [
+            (
+                r.method,
+                r.path,
+                {*r.responses, *r.errors, 500, *injected_statuses(faults, r.method, r.path)},
+            )
+            for r in routes
+        ],
     )
+    if faults.enabled:
+        announce(faults, service, routes)
+        named = {(rule.method, rule.route) for rule in faults.rules}
+        for method, path in named & {(r.method, r.path) for r in routes}:
+            metrics.FAULT_INJECTION.labels(method, path).set(1)
     fault = settings.fault_injection
     if fault is not None:
         metrics.FAULT_INJECTION.labels(fault.method, fault.route).set(1)

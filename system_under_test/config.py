@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from system_under_test.faults import ENV_VAR as FAULTS_VAR
+from system_under_test.faults import FaultPlan, FaultSpecError, parse_plan, platform_routes
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -105,6 +108,8 @@ class Settings:
     service_urls: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     fault_injection: FaultInjection | None = None
+    # ATENDEAI_FAULTS (system_under_test.faults): empty, the default, is off
+    faults: FaultPlan = field(default_factory=FaultPlan)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -201,4 +206,15 @@ class Settings:
                 if env.get("ATENDEAI_FAULT_INJECTION", "").strip()
                 else None
             ),
+            faults=_fault_plan(env.get(FAULTS_VAR, "")),
         )
+
+
+def _fault_plan(text: str) -> FaultPlan:
+    """``ATENDEAI_FAULTS`` checked against the platform's routes (off when blank)."""
+    if not text.strip():
+        return FaultPlan()
+    try:
+        return parse_plan(text, known_routes=platform_routes())
+    except FaultSpecError as error:
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,314 @@
+"""Fault injection: make chosen routes slow, fail or crash on purpose (off unless set).
+
+For tests only: the error contract under failures nobody planned for, and the
+release gate's figures calibrated against a latency and error share known in
+advance. Enabled by one environment variable, read once into ``Settings``::
+
+    ATENDEAI_FAULTS="GET /clinics/me delay=300ms; GET /clinics/me error=500 every=50"
+
+Rules are separated by ``;``; each is ``METHOD /route/template ACTION [every=K]``:
+
+- ``delay=Nms``: wait N milliseconds (1..60000) before the handler runs;
+- ``error=500`` or ``error=503``: answer that status with code ``fault_injected``,
+  through the platform's normal error path (the one JSON error shape);
+- ``raise``: raise a plain ``RuntimeError`` inside the handler, as a bug would;
+- ``raise=database``: run a query PostgreSQL rejects (an unknown table), so a
+  real driver exception, with SQL in its text, escapes the handler.
+
+``every=K`` (default 1) picks requests by a counter, never by chance: each
+service process counts the requests that reach a route's handler (after
+authentication and body parsing) from 1, and a rule applies to the K-th,
+2K-th, ... of them. The share is exactly known, so a test can compute the true
+percentiles and error ratio in advance (``FaultPlan.outcome``). The delays of
+every rule that applies add up; then the first ``error``/``raise`` rule that
+applies (in the order written) fails the request.
+
+The route is the template (``/users/{user_id}``), as in the latency
+histogram's ``route`` label; every rule must name a route of the platform.
+A malformed value stops the service at start with a message naming the rule
+and the problem. When rules are set, each service logs them as a warning at
+start and exposes ``fault_injection_enabled{method,route} 1``. Unset or empty,
+nothing is wrapped and no request is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from system_under_test.errors import ApiError, Unavailable
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from system_under_test.routing import Call, Route
+
+ENV_VAR = "ATENDEAI_FAULTS"
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+ERROR_STATUSES = (500, 503)
+RAISE_KINDS = ("exception", "database")
+MAX_DELAY_MS = 60_000
+MAX_EVERY = 1_000_000
+#: The query ``raise=database`` runs: PostgreSQL refuses it (no such table).
+FAILING_QUERY = "SELECT id FROM atendeai.fault_injection_no_such_table WHERE id = %s"
+
+log = logging.getLogger("atendeai.faults")
+
+Action = Literal["delay", "error", "raise"]
+
+
+class FaultSpecError(ValueError):
+    """``ATENDEAI_FAULTS`` is malformed; the message names the rule and the problem."""
+
+
+class InjectedCrash(RuntimeError):
+    """The plain exception ``raise`` throws inside a handler (not an ``ApiError``)."""
+
+
+class InjectedError(ApiError):
+    """``error=500``: an internal error on purpose, answered through the normal path."""
+
+    default_code = "fault_injected"
+
+
+class InjectedUnavailable(Unavailable):
+    """``error=503``: "a dependency is down" on purpose."""
+
+    default_code = "fault_injected"
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """One rule: what happens to every ``every``-th request of ``method route``."""
+
+    method: str
+    route: str
+    action: Action
+    delay_ms: int = 0  # delay
+    status: int = 0  # error
+    kind: str = ""  # raise: "exception" or "database"
+    every: int = 1
+
+    def applies_to(self, count: int) -> bool:
+        """Whether the ``count``-th request (from 1) of the route is one of this rule's."""
+        return count % self.every == 0
+
+    def describe(self) -> str:
+        action = {
+            "delay": f"delay={self.delay_ms}ms",
+            "error": f"error={self.status}",
+            "raise": "raise" if self.kind == "exception" else f"raise={self.kind}",
+        }[self.action]
+        return f"{self.method} {self.route} {action} every={self.every}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the plan does to one request: the total delay, then a failure or not."""
+
+    delay_ms: int = 0
+    failure: FaultRule | None = None
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Every rule of ``ATENDEAI_FAULTS``; empty (the default) means off."""
+
+    rules: tuple[FaultRule, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rules)
+
+    def rules_for(self, method: str, route: str) -> tuple[FaultRule, ...]:
+        return tuple(r for r in self.rules if (r.method, r.route) == (method, route))
+
+    def outcome(self, method: str, route: str, count: int) -> Outcome:
+        """What happens to the ``count``-th request (from 1) of ``method route``."""
+        if count < 1:
+            raise ValueError(f"requests are counted from 1, not {count}")
+        chosen = [r for r in self.rules_for(method, route) if r.applies_to(count)]
+        delay = sum(r.delay_ms for r in chosen if r.action == "delay")
+        failure = next((r for r in chosen if r.action != "delay"), None)
+        return Outcome(delay, failure)
+
+    def describe(self) -> str:
+        return "; ".join(rule.describe() for rule in self.rules)
+
+
+# --- parsing -------------------------------------------------------------------------
+
+
+_DELAY = re.compile(r"^delay=(\d+)ms$")
+_ERROR = re.compile(r"^error=(\d+)$")
+_EVERY = re.compile(r"^every=(\d+)$")
+USAGE = (
+    "expected rules separated by ';', each 'METHOD /route/template ACTION [every=K]' "
+    "with ACTION one of delay=Nms, error=500, error=503, raise, raise=database "
+    "(e.g. 'GET /clinics/me delay=300ms every=4; GET /users error=500 every=10')"
+)
+
+
+def parse_plan(text: str, *, known_routes: Iterable[tuple[str, str]] | None = None) -> FaultPlan:
+    """The plan ``text`` describes; ``FaultSpecError`` naming the first bad rule.
+
+    ``known_routes`` (``(method, template)`` pairs): every rule must name one.
+    """
+    if not text.strip():
+        return FaultPlan()
+    known = None if known_routes is None else frozenset(known_routes)
+    rules = []
+    for number, part in enumerate(text.split(";"), start=1):
+        where = f"{ENV_VAR} rule {number} ({part.strip()!r})"
+        if not part.strip():
+            raise FaultSpecError(f"{where}: the rule is empty (a stray ';'?); {USAGE}")
+        rules.append(_parse_rule(part.split(), where, known))
+    return FaultPlan(tuple(rules))
+
+
+def _parse_rule(
+    words: Sequence[str], where: str, known: frozenset[tuple[str, str]] | None
+) -> FaultRule:
+    if len(words) not in (3, 4):
+        raise FaultSpecError(f"{where}: {len(words)} words; {USAGE}")
+    method, route, action, *rest = words
+    if method not in METHODS:
+        raise FaultSpecError(f"{where}: unknown method {method!r} (one of {', '.join(METHODS)})")
+    if not route.startswith("/"):
+        raise FaultSpecError(f"{where}: the route must be a template starting with '/'")
+    if known is not None and (method, route) not in known:
+        same_path = sorted(m for m, r in known if r == route)
+        hint = (
+            f"that route takes {', '.join(same_path)}"
+            if same_path
+            else "routes are templates such as /users/{user_id}"
+        )
+        raise FaultSpecError(f"{where}: no service has the route {method} {route} ({hint})")
+    every = 1
+    if rest:
+        match = _EVERY.match(rest[0])
+        if match is None:
+            raise FaultSpecError(f"{where}: {rest[0]!r} is not every=K; {USAGE}")
+        every = int(match.group(1))
+        if not 1 <= every <= MAX_EVERY:
+            raise FaultSpecError(f"{where}: every must be 1..{MAX_EVERY}, not {every}")
+    if match := _DELAY.match(action):
+        delay_ms = int(match.group(1))
+        if not 1 <= delay_ms <= MAX_DELAY_MS:
+            raise FaultSpecError(f"{where}: delay must be 1..{MAX_DELAY_MS} ms, not {delay_ms}")
+        return FaultRule(method, route, "delay", delay_ms=delay_ms, every=every)
+    if match := _ERROR.match(action):
+        status = int(match.group(1))
+        if status not in ERROR_STATUSES:
+            raise FaultSpecError(
+                f"{where}: error must be one of {', '.join(map(str, ERROR_STATUSES))}, not {status}"
+            )
+        return FaultRule(method, route, "error", status=status, every=every)
+    if action == "raise":
+        return FaultRule(method, route, "raise", kind="exception", every=every)
+    if action.startswith("raise="):
+        kind = action.removeprefix("raise=")
+        if kind not in RAISE_KINDS:
+            raise FaultSpecError(f"{where}: raise={kind} is unknown (raise, raise=database)")
+        return FaultRule(method, route, "raise", kind=kind, every=every)
+    if action.startswith("delay="):
+        raise FaultSpecError(f"{where}: {action!r}: write the delay in milliseconds, delay=250ms")
+    raise FaultSpecError(f"{where}: unknown action {action!r}; {USAGE}")
+
+
+def platform_routes() -> frozenset[tuple[str, str]]:
+    """``(method, template)`` of every route of every service."""
+    import importlib
+
+    from system_under_test import SERVICES
+    from system_under_test.app import common_routes
+
+    routes = {(r.method, r.path) for r in common_routes("any", [])}
+    for service in SERVICES:
+        module = importlib.import_module(f"system_under_test.services.{service}")
+        routes |= {(r.method, r.path) for r in module.ROUTES}
+    return frozenset(routes)
+
+
+# --- applying -------------------------------------------------------------------------
+
+
+def with_faults(plan: FaultPlan, routes: Iterable[Route]) -> list[Route]:
+    """``routes``, each route a rule names with its handler wrapped (the rest as they are)."""
+    wrapped = []
+    for route in routes:
+        rules = plan.rules_for(route.method, route.path)
+        if rules:
+            route = dataclasses.replace(route, handler=_faulty(plan, route))
+        wrapped.append(route)
+    return wrapped
+
+
+def _faulty(plan: FaultPlan, route: Route):
+    counter = itertools.count(1)  # one event loop per process: no lock needed
+    handler = route.handler
+
+    async def faulty(call: Call) -> web.StreamResponse:
+        count = next(counter)
+        outcome = plan.outcome(route.method, route.path, count)
+        if outcome.delay_ms:
+            await asyncio.sleep(outcome.delay_ms / 1000)
+        failure = outcome.failure
+        if failure is None:
+            return await handler(call)
+        reason = f"fault injected on purpose ({ENV_VAR}: {failure.describe()}, request {count})"
+        if failure.action == "error":
+            raise (InjectedUnavailable if failure.status == 503 else InjectedError)(reason)
+        if failure.kind == "database":
+            async with call.platform.db.unscoped() as conn:
+                await conn.execute(FAILING_QUERY, (count,))
+        raise InjectedCrash(reason)
+
+    return faulty
+
+
+def injected_statuses(plan: FaultPlan, method: str, route: str) -> set[int]:
+    """The statuses the plan can make ``method route`` answer (for the metrics' zero series)."""
+    statuses = set()
+    for rule in plan.rules_for(method, route):
+        statuses.add(rule.status if rule.action == "error" else 500)
+    return statuses
+
+
+def announce(plan: FaultPlan, service: str, routes: Iterable[Route]) -> None:
+    """Log, loudly, the rules that make this service misbehave."""
+    paths = {(r.method, r.path) for r in routes}
+    mine = [r for r in plan.rules if (r.method, r.route) in paths]
+    for rule in mine:
+        log.warning("FAULT INJECTION ON in %s (%s): %s", service, ENV_VAR, rule.describe())
+    log.warning(
+        "%s is set: %d of its %d rule(s) apply to %s; requests fail or slow down ON PURPOSE. "
+        "Never set it outside a test.",
+        ENV_VAR,
+        len(mine),
+        len(plan.rules),
+        service,
+    )
+
+
+__all__ = [
+    "ENV_VAR",
+    "FaultPlan",
+    "FaultRule",
+    "FaultSpecError",
+    "InjectedCrash",
+    "InjectedError",
+    "InjectedUnavailable",
+    "Outcome",
+    "announce",
+    "injected_statuses",
+    "parse_plan",
+    "platform_routes",
+    "with_faults",
+]
