@@ -44,7 +44,8 @@ What it checks, by finding ``check`` name:
 ``secret_readable``         the service role cannot SELECT a secret column (``password_hash``..)
 ``audit_writable``          the service role cannot UPDATE, DELETE or TRUNCATE the audit table
 ``audit_trigger_missing``   every tenant table has an enabled audit trigger for INSERT, UPDATE
-                            and DELETE (bar ``--unaudited`` ones)
+                            and DELETE (bar ``--unaudited`` ones); a note when no trigger
+                            function writes the audit table at all (services may audit)
 ``audit_no_actor``          every audit function records the acting user
 ``name_not_found``          the tenant column is some table's, and the tables named with
                             ``--tenant-root`` / ``--audit-table`` exist (else: a wrong option)
