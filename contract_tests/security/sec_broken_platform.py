@@ -502,6 +502,29 @@ def _existence_oracle(settings: Settings) -> tuple[Settings, list[Middleware]]:
     return settings, []
 
 
+@defect("clinic_cache_before_ownership")
+def _clinic_cache_before_ownership(settings: Settings) -> tuple[Settings, list[Middleware]]:
+    """``GET /clinics/{clinic_id}`` serves the cache by the path's id first, and checks
+    that the clinic is the caller's only on a miss (the ownership check guards the
+    database read, not the cache-aside read in front of it). Another clinic's data
+    leaks exactly while it is cached.
+    """
+    from system_under_test.services import clinics
+
+    original = clinics.get_clinic
+
+    async def get_clinic(call: Call) -> web.StreamResponse:
+        cached = await call.platform.redis.get(clinics.cache_key(call.path_id("clinic_id")))
+        if cached is not None:
+            return web.Response(
+                text=cached, content_type="application/json", headers={"X-Cache": "HIT"}
+            )
+        return await original(call)  # the miss: _target_clinic answers 404 for another's
+
+    replace_handler(clinics, "GET", "/clinics/{clinic_id}", get_clinic)
+    return settings, []
+
+
 @defect("crash_on_create_user")
 def _crash_on_create_user(settings: Settings) -> tuple[Settings, list[Middleware]]:
     from system_under_test.services import users

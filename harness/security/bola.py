@@ -3,7 +3,10 @@
 Every operation whose path takes an id, in every service's document, is tried
 with clinic A's tokens (each tenant role the operation allows) against:
 
-- clinic B's ids: the answer must be 404, exactly as for
+- clinic B's ids, right after B itself has read them (the warm-up: B's
+  user GETs the same path, so every cache-aside layer holds B's object and a
+  read path that serves from the cache before checking ownership leaks it
+  here; a cold cache would hide it): the answer must be 404, exactly as for
 - ids that exist nowhere (fresh uuids): same status, same body shape, same
   error code and message (no "not yours" vs "not there" oracle);
 - and, as the control, A's own ids: 2xx, so the route and the body are ones
@@ -217,6 +220,7 @@ def _error_identity(response: httpx.Response) -> tuple[int, Any, Any]:
 class SweepReport:
     operations: list[str] = field(default_factory=list)
     requests: int = 0
+    warm_ups: int = 0  # reads of B's objects by B itself, just before each attempt
 
 
 def check_object_level_authorization(
@@ -228,23 +232,57 @@ def check_object_level_authorization(
     victim: uuid.UUID,
     superuser_dsn: str,
     client_ip: str,
+    victim_token_for: Callable[[str], str],
+    victim_client_ip: str,
+    warm_up: bool = True,
 ) -> SweepReport:
-    """The sweep (module docstring); raises ``SecurityCheckFailed`` with every problem found."""
+    """The sweep (module docstring); raises ``SecurityCheckFailed`` with every problem found.
+
+    ``token_for``/``client_ip`` are clinic A's (the attacker), ``victim_token_for``/
+    ``victim_client_ip`` clinic B's, for the warm-up reads. ``warm_up=False`` only
+    exists to show what a sweep on cold caches misses (the proofs use it).
+    """
     report = SweepReport()
     problems: list[str] = []
     operations = id_operations(docs)
     if not operations:
         raise SecurityCheckFailed("no operation with a path parameter in the documents")
-    with httpx.Client(timeout=TIMEOUT_S, headers={"X-Forwarded-For": client_ip}) as client:
+    readers = {(op.service, op.path): op for op in operations if op.method == "GET" and op.roles}
+    with (
+        httpx.Client(timeout=TIMEOUT_S, headers={"X-Forwarded-For": client_ip}) as client,
+        httpx.Client(timeout=TIMEOUT_S, headers={"X-Forwarded-For": victim_client_ip}) as owner,
+    ):
 
-        def send(op: IdOperation, role: str, ids: Mapping[str, str]) -> httpx.Response:
+        def send(
+            op: IdOperation,
+            role: str,
+            ids: Mapping[str, str],
+            *,
+            via: httpx.Client = client,
+            token: Callable[[str], str] = token_for,
+        ) -> httpx.Response:
             report.requests += 1
             body = example_body(op.body_schema, op.components) if op.body_schema else None
-            return client.request(
+            return via.request(
                 op.method,
                 base_urls[op.service] + op.path.format(**ids),
                 json=body,
-                headers={"Authorization": f"Bearer {token_for(role)}"},
+                headers={"Authorization": f"Bearer {token(role)}"},
+            )
+
+        def warm(op: IdOperation, ids: Mapping[str, str]) -> str | None:
+            """B reads its own object at ``op``'s path; a problem when it cannot."""
+            reader = readers.get((op.service, op.path))
+            if reader is None:
+                return None  # nothing reads this path: no cache to fill through it
+            report.warm_ups += 1
+            read = send(reader, reader.roles[0], ids, via=owner, token=victim_token_for)
+            if 200 <= read.status_code < 300:
+                return None
+            return (
+                f"warm-up: {reader.name} as clinic B's {reader.roles[0]} on B's own ids "
+                f"answered {read.status_code}: {read.text[:200]} (B's object is not in any "
+                "cache, so a cache read before the ownership check would go unseen)"
             )
 
         for op in operations:
@@ -253,6 +291,8 @@ def check_object_level_authorization(
             report.operations.append(op.name)
             victim_ids = _ids_of(superuser_dsn, op.params, victim)
             for role in op.roles:
+                if warm_up and (problem := warm(op, victim_ids)) is not None:
+                    problems.append(problem)
                 before = snapshot(superuser_dsn, victim)
                 foreign = send(op, role, victim_ids)
                 missing = send(op, role, {p: str(uuid.uuid4()) for p in op.params})
