@@ -32,7 +32,6 @@ from harness.providers.prometheus import LocalPrometheus, PrometheusSettings, Sc
 from harness.slo import (
     Evidence,
     Objective,
-    ObjectiveResult,
     SloFile,
     Status,
     TargetUptime,
@@ -40,6 +39,7 @@ from harness.slo import (
     evaluate,
     evaluate_objective,
     load_slo_file,
+    verdict,
 )
 from harness.stack import Stack
 from harness.tenants import Tenant
@@ -406,17 +406,11 @@ def test_live_a_percentile_of_three_requests_is_not_verifiable(stack: Stack, ten
     assert few.samples is not None and 2 <= few.samples < 20, few
     assert "samples in the window, at least 20 needed" in few.reason
     assert readings.targets and not any(t.down_in_window for t in readings.targets)
-    assert verdict_of(few) is Verdict.NO_GO
+    assert verdict([few]) is Verdict.NO_GO
 
     enough, _ = _evaluate(reads, reader, _window(reader, lambda: get(40), clinics))
     assert enough.verifiable and enough.samples is not None and enough.samples >= 20, enough
     assert enough.status in (Status.PASS, Status.WARN, Status.FAIL)
-
-
-def verdict_of(result: ObjectiveResult) -> Verdict:
-    from harness.slo import verdict
-
-    return verdict([result])
 
 
 # --- evidence from a real Prometheus of this module's own ----------------------------------
