@@ -29,12 +29,11 @@ from typing import Any
 import httpx
 
 from harness.security import SecurityCheckFailed
+from harness.security.bola import example_body, shape
 from harness.tenants import Tenant
 
 WRITE_METHODS = ("post", "put", "patch")
 CLINIC_ROLES = ("admin", "manager", "staff")
-#: A valid password for bodies that need one (also fits bcrypt's 72 bytes).
-PROBE_PASSWORD = "Probe-Passw0rd-1"
 
 
 @dataclass(frozen=True)
@@ -235,28 +234,6 @@ def _non_null(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def example_for(doc: dict[str, Any], schema: dict[str, Any], name: str = "") -> Any:
-    """A small valid value of ``schema``: every required property, nothing else."""
-    schema = _resolve(doc, _non_null(schema))
-    if "enum" in schema:
-        return schema["enum"][-1]  # the least privileged role comes last in ours
-    kind = schema.get("type")
-    if kind == "object":
-        properties = schema.get("properties", {})
-        return {key: example_for(doc, properties[key], key) for key in schema.get("required", [])}
-    if kind == "integer":
-        return max(int(schema.get("minimum", 1)), 1)
-    if kind == "boolean":
-        return True
-    if kind == "array":
-        return []
-    if schema.get("format") == "email":
-        return f"probe-{uuid.uuid4().hex[:12]}@oracle.example"
-    if "password" in name:
-        return PROBE_PASSWORD
-    return f"Probe {uuid.uuid4().hex[:8]}"[: schema.get("maxLength", 200)]
-
-
 def _fresh_value(probe: OracleProbe, domain: str) -> str:
     if "email" in probe.target.column:
         return f"fresh-{uuid.uuid4().hex[:12]}@{domain}"
@@ -284,7 +261,7 @@ def _send(
     schema: dict[str, Any],
     value: Any,
 ) -> httpx.Response:
-    body = example_for(doc, schema)
+    body = example_body(schema, doc["components"]["schemas"])
     node = body
     for key in probe.field[:-1]:
         node = node.setdefault(key, {})
@@ -293,27 +270,17 @@ def _send(
 
 
 def _shape(response: httpx.Response) -> Any:
-    """The body's structure without its values: keys, and the JSON type of each leaf."""
+    """The body's structure without its values (keys, and the JSON type of each leaf)."""
     try:
-        body = response.json()
+        return shape(response.json())
     except ValueError:
         return ("not json", response.headers.get("Content-Type"))
-    return _structure(body)
-
-
-def _structure(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _structure(item) for key, item in sorted(value.items())}
-    if isinstance(value, list):
-        return [_structure(value[0])] if value else []
-    return type(value).__name__
 
 
 __all__ = [
     "OracleProbe",
     "UniqueColumn",
     "check_no_uniqueness_oracle",
-    "example_for",
     "oracle_probes",
     "unique_columns",
 ]
