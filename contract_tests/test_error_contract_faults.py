@@ -3,8 +3,8 @@
 The module starts a local stack of its own (one instance per service) whose
 services run with ``ATENDEAI_FAULTS`` (``system_under_test.faults``): plain
 exceptions raised inside handlers, queries PostgreSQL rejects, injected 5xx on
-every second request, and a delay that keeps requests in flight while
-PostgreSQL is killed under them. Every unexpected-failure answer must be the
+every second request, and slow queries that keep requests inside PostgreSQL
+while it is killed under them. Every unexpected-failure answer must be the
 one JSON error shape, carry its request id, and show no traceback, SQL, file
 path, exception or library name (``assert_clean_failure``). ``/ready`` must
 answer 503 while PostgreSQL or Redis is down and 200 once they are back.
@@ -51,7 +51,7 @@ from system_under_test.services import users as users_service
 pytestmark = pytest.mark.stack
 
 BROKEN_PLATFORM = Path(__file__).parent / "security" / "sec_broken_platform.py"
-IN_FLIGHT_DELAY_S = 1.0
+SLOW_QUERY_S = 3.0
 FAULTS = "; ".join(
     [
         "GET /users raise",  # a plain exception inside the handler
@@ -61,7 +61,8 @@ FAULTS = "; ".join(
         "PATCH /clinics/me raise=database",
         "GET /status raise=database",
         "GET /clinics/me error=503 every=2",  # planned 5xx, through the normal error path
-        f"GET /auth/me delay={int(IN_FLIGHT_DELAY_S * 1000)}ms",  # in flight when PG dies
+        # inside PostgreSQL (pg_sleep on a pooled connection) when PostgreSQL dies
+        f"GET /auth/me slow_query={int(SLOW_QUERY_S * 1000)}ms",
     ]
 )
 
@@ -134,6 +135,9 @@ def test_the_plan_picks_exactly_every_kth_request():
     assert plan.outcome("GET", "/users", 3).failure.action == "raise"
     assert plan.outcome("GET", "/users", 4).failure is None
     assert plan.outcome("POST", "/users", 3) == Outcome()
+    slow = parse_plan("GET /auth/me slow_query=200ms every=2; GET /auth/me delay=50ms")
+    assert [slow.outcome("GET", "/auth/me", n).added_ms for n in (1, 2, 3, 4)] == [50, 250, 50, 250]
+    assert slow.outcome("GET", "/auth/me", 2) == Outcome(delay_ms=50, slow_query_ms=200)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +145,8 @@ def test_the_plan_picks_exactly_every_kth_request():
     [
         ("GET /clinic/me raise", "no service has the route GET /clinic/me"),
         ("POST /clinics/me raise", "that route takes GET, PATCH"),
-        ("GET /clinics/me delay=3s", "write the delay in milliseconds"),
+        ("GET /clinics/me delay=3s", "write the time in milliseconds"),
+        ("GET /clinics/me slow_query=0ms", "slow_query must be 1..60000 ms"),
         ("GET /clinics/me delay=0ms", "delay must be 1..60000 ms"),
         ("GET /clinics/me error=404", "error must be one of 500, 503"),
         ("GET /clinics/me raise every=0", "every must be 1..1000000"),
@@ -287,9 +292,8 @@ def _wait_ready(url: str, status: int, *, timeout: float = 30) -> dict:
 def test_postgres_killed_under_requests_in_flight_answers_cleanly(
     control: LocalStackControl, faulty: Stack, clinic: Tenant
 ):
-    """Requests past authentication, waiting in the injected delay, reach a
-    PostgreSQL that was killed meanwhile: those holding a pooled connection fail
-    on it; the rest wait for the pool and are served once PostgreSQL is back."""
+    """Requests inside PostgreSQL (each in a slow query on its own pooled
+    connection) when PostgreSQL is killed: every one of them fails, cleanly."""
     url = faulty.service_url("auth")
     headers = {
         "Authorization": f"Bearer {clinic.access_token('staff')}",
@@ -299,21 +303,18 @@ def test_postgres_killed_under_requests_in_flight_answers_cleanly(
     def me() -> httpx.Response:
         return httpx.get(f"{url}/auth/me", headers=headers, timeout=60)
 
-    assert me().status_code == 200  # the pool holds live connections now
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        in_flight = [pool.submit(me) for _ in range(8)]
-        time.sleep(IN_FLIGHT_DELAY_S / 3)  # all of them are in the delay by now
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        in_flight = [pool.submit(me) for _ in range(6)]
+        time.sleep(SLOW_QUERY_S / 2)  # all of them are in pg_sleep by now
         control.kill("postgres")
         try:
-            time.sleep(IN_FLIGHT_DELAY_S)  # they reach PostgreSQL, which is gone
+            answers = [future.result() for future in in_flight]
         finally:
             control.restart("postgres")
-        answers = [future.result() for future in in_flight]
     statuses = [r.status_code for r in answers]
-    assert any(s >= 500 for s in statuses), f"no request failed with PostgreSQL gone: {statuses}"
+    assert all(s >= 500 for s in statuses), f"PostgreSQL died under them, yet: {statuses}"
     for response in answers:
-        if response.status_code != 200:
-            assert_clean_failure(response)
+        assert_clean_failure(response)
     assert "OperationalError" in _service_log(faulty, "auth")  # what the bodies did not say
     wait_until(lambda: me().status_code == 200, timeout=30, what="GET /auth/me to work again")
 

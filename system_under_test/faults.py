@@ -9,6 +9,9 @@ advance. Enabled by one environment variable, read once into ``Settings``::
 Rules are separated by ``;``; each is ``METHOD /route/template ACTION [every=K]``:
 
 - ``delay=Nms``: wait N milliseconds (1..60000) before the handler runs;
+- ``slow_query=Nms``: hold a pooled PostgreSQL connection in a query that
+  takes N milliseconds (``pg_sleep``) before the handler runs: a slow database,
+  and a request that is inside PostgreSQL when PostgreSQL goes away;
 - ``error=500`` or ``error=503``: answer that status with code ``fault_injected``,
   through the platform's normal error path (the one JSON error shape);
 - ``raise``: raise a plain ``RuntimeError`` inside the handler, as a bug would;
@@ -19,9 +22,9 @@ Rules are separated by ``;``; each is ``METHOD /route/template ACTION [every=K]`
 service process counts the requests that reach a route's handler (after
 authentication and body parsing) from 1, and a rule applies to the K-th,
 2K-th, ... of them. The share is exactly known, so a test can compute the true
-percentiles and error ratio in advance (``FaultPlan.outcome``). The delays of
-every rule that applies add up; then the first ``error``/``raise`` rule that
-applies (in the order written) fails the request.
+percentiles and error ratio in advance (``FaultPlan.outcome``). The delays
+(and slow queries) of every rule that applies add up; then the first
+``error``/``raise`` rule that applies (in the order written) fails the request.
 
 The route is the template (``/users/{user_id}``), as in the latency
 histogram's ``route`` label; every rule must name a route of the platform.
@@ -60,7 +63,7 @@ FAILING_QUERY = "SELECT id FROM atendeai.fault_injection_no_such_table WHERE id 
 
 log = logging.getLogger("atendeai.faults")
 
-Action = Literal["delay", "error", "raise"]
+Action = Literal["delay", "slow_query", "error", "raise"]
 
 
 class FaultSpecError(ValueError):
@@ -90,7 +93,7 @@ class FaultRule:
     method: str
     route: str
     action: Action
-    delay_ms: int = 0  # delay
+    delay_ms: int = 0  # delay, slow_query
     status: int = 0  # error
     kind: str = ""  # raise: "exception" or "database"
     every: int = 1
@@ -102,6 +105,7 @@ class FaultRule:
     def describe(self) -> str:
         action = {
             "delay": f"delay={self.delay_ms}ms",
+            "slow_query": f"slow_query={self.delay_ms}ms",
             "error": f"error={self.status}",
             "raise": "raise" if self.kind == "exception" else f"raise={self.kind}",
         }[self.action]
@@ -110,10 +114,16 @@ class FaultRule:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the plan does to one request: the total delay, then a failure or not."""
+    """What the plan does to one request: the waits, then a failure or not."""
 
-    delay_ms: int = 0
+    delay_ms: int = 0  # in the service
+    slow_query_ms: int = 0  # in PostgreSQL
     failure: FaultRule | None = None
+
+    @property
+    def added_ms(self) -> int:
+        """The latency the plan adds to the request."""
+        return self.delay_ms + self.slow_query_ms
 
 
 @dataclass(frozen=True)
@@ -135,8 +145,9 @@ class FaultPlan:
             raise ValueError(f"requests are counted from 1, not {count}")
         chosen = [r for r in self.rules_for(method, route) if r.applies_to(count)]
         delay = sum(r.delay_ms for r in chosen if r.action == "delay")
-        failure = next((r for r in chosen if r.action != "delay"), None)
-        return Outcome(delay, failure)
+        slow_query = sum(r.delay_ms for r in chosen if r.action == "slow_query")
+        failure = next((r for r in chosen if r.action in ("error", "raise")), None)
+        return Outcome(delay, slow_query, failure)
 
     def describe(self) -> str:
         return "; ".join(rule.describe() for rule in self.rules)
@@ -145,12 +156,13 @@ class FaultPlan:
 # --- parsing -------------------------------------------------------------------------
 
 
-_DELAY = re.compile(r"^delay=(\d+)ms$")
+_DELAY = re.compile(r"^(delay|slow_query)=(\d+)ms$")
 _ERROR = re.compile(r"^error=(\d+)$")
 _EVERY = re.compile(r"^every=(\d+)$")
 USAGE = (
     "expected rules separated by ';', each 'METHOD /route/template ACTION [every=K]' "
-    "with ACTION one of delay=Nms, error=500, error=503, raise, raise=database "
+    "with ACTION one of delay=Nms, slow_query=Nms, error=500, error=503, raise, "
+    "raise=database "
     "(e.g. 'GET /clinics/me delay=300ms every=4; GET /users error=500 every=10')"
 )
 
@@ -199,10 +211,11 @@ def _parse_rule(
         if not 1 <= every <= MAX_EVERY:
             raise FaultSpecError(f"{where}: every must be 1..{MAX_EVERY}, not {every}")
     if match := _DELAY.match(action):
-        delay_ms = int(match.group(1))
+        kind, delay_ms = match.group(1), int(match.group(2))
         if not 1 <= delay_ms <= MAX_DELAY_MS:
-            raise FaultSpecError(f"{where}: delay must be 1..{MAX_DELAY_MS} ms, not {delay_ms}")
-        return FaultRule(method, route, "delay", delay_ms=delay_ms, every=every)
+            raise FaultSpecError(f"{where}: {kind} must be 1..{MAX_DELAY_MS} ms, not {delay_ms}")
+        waits: Action = "delay" if kind == "delay" else "slow_query"
+        return FaultRule(method, route, waits, delay_ms=delay_ms, every=every)
     if match := _ERROR.match(action):
         status = int(match.group(1))
         if status not in ERROR_STATUSES:
@@ -217,8 +230,8 @@ def _parse_rule(
         if kind not in RAISE_KINDS:
             raise FaultSpecError(f"{where}: raise={kind} is unknown (raise, raise=database)")
         return FaultRule(method, route, "raise", kind=kind, every=every)
-    if action.startswith("delay="):
-        raise FaultSpecError(f"{where}: {action!r}: write the delay in milliseconds, delay=250ms")
+    if action.startswith(("delay=", "slow_query=")):
+        raise FaultSpecError(f"{where}: {action!r}: write the time in milliseconds, e.g. 250ms")
     raise FaultSpecError(f"{where}: unknown action {action!r}; {USAGE}")
 
 
@@ -259,6 +272,9 @@ def _faulty(plan: FaultPlan, route: Route):
         outcome = plan.outcome(route.method, route.path, count)
         if outcome.delay_ms:
             await asyncio.sleep(outcome.delay_ms / 1000)
+        if outcome.slow_query_ms:
+            async with call.platform.db.unscoped() as conn:
+                await conn.execute("SELECT pg_sleep(%s)", (outcome.slow_query_ms / 1000,))
         failure = outcome.failure
         if failure is None:
             return await handler(call)
@@ -277,7 +293,8 @@ def injected_statuses(plan: FaultPlan, method: str, route: str) -> set[int]:
     """The statuses the plan can make ``method route`` answer (for the metrics' zero series)."""
     statuses = set()
     for rule in plan.rules_for(method, route):
-        statuses.add(rule.status if rule.action == "error" else 500)
+        if rule.action in ("error", "raise"):
+            statuses.add(rule.status if rule.action == "error" else 500)
     return statuses
 
 

@@ -199,7 +199,7 @@ class Run:
     def latency(self, q: float, keep: Callable[[str, str], bool]) -> Truth:
         """The true ``q`` quantile of the injected latency of the routes ``keep`` selects."""
         values = [
-            self.plan.outcome(method, route, n).delay_ms / 1000
+            self.plan.outcome(method, route, n).added_ms / 1000
             for method, route in self.routes(keep)
             for n in self.requests(method, route)
         ]
