@@ -48,8 +48,6 @@ from system_under_test.faults import (
 )
 from system_under_test.services import users as users_service
 
-pytestmark = pytest.mark.stack
-
 BROKEN_PLATFORM = Path(__file__).parent / "security" / "sec_broken_platform.py"
 SLOW_QUERY_S = 3.0
 FAULTS = "; ".join(
@@ -228,6 +226,7 @@ def _new_user() -> dict[str, str]:
     }
 
 
+@pytest.mark.stack  # a stack of its own
 def test_a_plain_exception_in_a_handler_answers_the_error_shape(faulty: Stack, clinic: Tenant):
     users = clinic.client("users", "admin")
     auth = clinic.client("auth")
@@ -254,6 +253,7 @@ def test_a_plain_exception_in_a_handler_answers_the_error_shape(faulty: Stack, c
     assert "InjectedCrash" in _service_log(faulty, "auth")
 
 
+@pytest.mark.stack  # a stack of its own
 def test_a_rejected_query_answers_the_error_shape(faulty: Stack, clinic: Tenant):
     answers = [
         clinic.client("users", "admin").get(f"/users/{clinic.user('staff').id}"),
@@ -267,6 +267,7 @@ def test_a_rejected_query_answers_the_error_shape(faulty: Stack, clinic: Tenant)
         assert "UndefinedTable" in _service_log(faulty, service), service
 
 
+@pytest.mark.stack  # a stack of its own
 def test_injected_5xx_hit_exactly_every_second_request_in_the_error_shape(clinic: Tenant):
     clinics = clinic.client("clinics", "staff")
     answers = [clinics.get("/clinics/me") for _ in range(6)]
@@ -289,6 +290,7 @@ def _wait_ready(url: str, status: int, *, timeout: float = 30) -> dict:
     return wait_until(answered, timeout=timeout, interval=0.2, what=f"{url}/ready -> {status}")
 
 
+@pytest.mark.stack  # a stack of its own
 def test_postgres_killed_under_requests_in_flight_answers_cleanly(
     control: LocalStackControl, faulty: Stack, clinic: Tenant
 ):
@@ -319,6 +321,7 @@ def test_postgres_killed_under_requests_in_flight_answers_cleanly(
     wait_until(lambda: me().status_code == 200, timeout=30, what="GET /auth/me to work again")
 
 
+@pytest.mark.stack  # a stack of its own
 def test_ready_is_503_while_postgres_is_down_and_200_once_it_is_back(
     control: LocalStackControl, faulty: Stack
 ):
@@ -343,6 +346,7 @@ def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
         yield redis
 
 
+@pytest.mark.stack  # a stack of its own
 def test_ready_is_503_while_redis_is_down_and_200_once_it_is_back(
     faulty: Stack, clinic: Tenant, own_redis: LocalRedis, tmp_path: Path
 ):
@@ -388,6 +392,7 @@ def leaky_users(faulty: Stack, tmp_path: Path) -> Iterator[str]:
         yield instance.url
 
 
+@pytest.mark.stack  # a stack of its own
 def test_proof_the_clean_failure_check_catches_a_leaking_error_path(
     leaky_users: str, clinic: Tenant
 ):
