@@ -71,6 +71,7 @@ def test_security_headers_on_every_response(tenant):
         assert response.headers["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert response.headers["Server"] == "atendeai"  # not "Python/3.11 aiohttp/3.x"
 
 
 def test_cors_allows_only_the_allow_list(stack, tenant):
