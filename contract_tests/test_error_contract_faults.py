@@ -16,6 +16,7 @@ by the same fault rule.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import re
@@ -37,6 +38,7 @@ from harness.providers.redis import LocalRedis
 from harness.security.instances import extra_service
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, Tenant, create_tenant, hash_password
+from system_under_test.app import common_routes
 from system_under_test.config import ConfigError, Settings
 from system_under_test.faults import (
     FaultPlan,
@@ -138,6 +140,21 @@ def test_the_plan_picks_exactly_every_kth_request():
     assert slow.outcome("GET", "/auth/me", 2) == Outcome(delay_ms=50, slow_query_ms=200)
 
 
+def test_a_plan_read_from_the_environment_tolerates_spacing_and_keeps_rule_order():
+    text = "  GET /clinics/me   delay=600ms ;GET  /clinics/me error=500  "
+    plan = Settings.from_env(_env(ATENDEAI_FAULTS=text)).faults
+    assert plan == parse_plan("GET /clinics/me delay=600ms; GET /clinics/me error=500")
+    assert [rule.action for rule in plan.rules] == ["delay", "error"]
+    # what the live alert tests rely on: every request waits, then fails
+    for count in (1, 2, 3, 1000):
+        outcome = plan.outcome("GET", "/clinics/me", count)
+        assert outcome.delay_ms == 600 and outcome.failure == plan.rules[1]
+    assert plan.outcome("PATCH", "/clinics/me", 1) == Outcome()
+    assert plan.describe() == (
+        "GET /clinics/me delay=600ms every=1; GET /clinics/me error=500 every=1"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -154,6 +171,17 @@ def test_the_plan_picks_exactly_every_kth_request():
         ("GET /clinics/me", "2 words"),
         ("GET /clinics/me raise;", "rule 2 (''): the rule is empty"),
         ("GET /clinics/me explode", "unknown action 'explode'"),
+        ("GET", "1 words"),
+        ("GET /clinics/me delay=1ms every=2 twice", "5 words"),
+        ("GET clinics/me raise", "the route must be a template starting with '/'"),
+        # a concrete path is no route: rules name templates, as the histogram's label does
+        ("GET /users/123 raise", "routes are templates such as /users/{user_id}"),
+        ("GET /clinics/me delay=60001ms", "delay must be 1..60000 ms, not 60001"),
+        ("GET /clinics/me delay=soon", "write the time in milliseconds"),
+        ("GET /clinics/me error=500 every=many", "'every=many' is not every=K"),
+        # the syntax of the random, single-route mechanism this one replaced
+        ("GET /clinics/me delay_ms=600", "unknown action 'delay_ms=600'"),
+        ("GET /clinics/me error_ratio=1", "unknown action 'error_ratio=1'"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_the_rule_and_the_problem(text: str, problem: str):
@@ -277,6 +305,31 @@ def test_injected_5xx_hit_exactly_every_second_request_in_the_error_shape(clinic
     for response in answers:
         if response.status_code == 503:
             assert assert_clean_failure(response, 503)["code"] == "fault_injected"
+
+
+def _marked_routes(metrics_text: str) -> dict[tuple[str, str], float]:
+    """``fault_injection_enabled`` of one /metrics page: ``{(method, route): value}``."""
+    found = re.findall(
+        r'^fault_injection_enabled\{method="([A-Z]+)",route="([^"]+)"\} (\S+)$',
+        metrics_text,
+        re.M,
+    )
+    return {(method, route): float(value) for method, route, value in found}
+
+
+@pytest.mark.stack  # a stack of its own
+def test_each_service_marks_exactly_the_routes_its_rules_name(faulty: Stack):
+    """The gauge test_obs_stack finds absent without rules is there with them, per route."""
+    named = {(rule.method, rule.route) for rule in parse_plan(FAULTS).rules}
+    marked_anywhere: set[tuple[str, str]] = set()
+    for service, url in faulty.services.items():
+        module = importlib.import_module(f"system_under_test.services.{service}")
+        has = {(r.method, r.path) for r in module.ROUTES}
+        has |= {(r.method, r.path) for r in common_routes(service, [])}
+        marked = _marked_routes(httpx.get(f"{url}/metrics", timeout=10).text)
+        assert marked == dict.fromkeys(named & has, 1.0), service
+        marked_anywhere |= set(marked)
+    assert marked_anywhere == named  # every rule names a route some service has
 
 
 def _wait_ready(url: str, status: int, *, timeout: float = 30) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import time
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ from system_under_test.schemas import CheckResult, Liveness, Readiness
 from system_under_test.tokens import InvalidToken, Principal, TokenSigner
 
 VERSION = "0.1.0"
-log = logging.getLogger("atendeai")
 PLATFORM_KEY = web.AppKey("platform", object)
 
 AUDIT_EVENT_SQL = """
@@ -236,17 +234,7 @@ def create_app(service: str, settings: Settings) -> web.Application:
         announce(faults, service, routes)
         named = {(rule.method, rule.route) for rule in faults.rules}
         for method, path in named & {(r.method, r.path) for r in routes}:
-            metrics.FAULT_INJECTION.labels(method, path).set(1)
-    fault = settings.fault_injection
-    if fault is not None:
-        metrics.FAULT_INJECTION.labels(fault.method, fault.route).set(1)
-        log.warning(
-            "FAULT INJECTION ON: %s %s delay_ms=%d error_ratio=%s (ATENDEAI_FAULT_INJECTION)",
-            fault.method,
-            fault.route,
-            fault.delay_ms,
-            fault.error_ratio,
-        )
+            metrics.FAULTS_ENABLED.labels(method, path).set(1)
     app["openapi"] = openapi_document(service, VERSION, routes)
     app.add_routes([to_aiohttp(route, platform) for route in routes])
 

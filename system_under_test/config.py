@@ -40,49 +40,6 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
-class FaultInjection:
-    """Slow down and fail one route on purpose, to prove alerts fire (off unless set).
-
-    Written ``"METHOD /route/template delay_ms=N error_ratio=R"`` in
-    ``ATENDEAI_FAULT_INJECTION``, e.g. ``"GET /clinics/me delay_ms=600 error_ratio=1"``:
-    every matching request waits ``delay_ms`` and then, with probability
-    ``error_ratio``, answers 500 ``fault_injected``. The route is the template
-    (``/users/{user_id}``), as in the latency histogram's ``route`` label.
-    """
-
-    method: str
-    route: str
-    delay_ms: int = 0
-    error_ratio: float = 0.0
-
-    def matches(self, method: str, route: str) -> bool:
-        return method == self.method and route == self.route
-
-    @classmethod
-    def parse(cls, name: str, text: str) -> FaultInjection:
-        usage = f"{name}={text!r}: expected METHOD /route delay_ms=N error_ratio=R"
-        parts = text.split()
-        if len(parts) < 3 or not parts[1].startswith("/"):
-            raise ConfigError(usage)
-        options: dict[str, str] = {}
-        for part in parts[2:]:
-            key, sep, value = part.partition("=")
-            if not sep or key not in ("delay_ms", "error_ratio") or key in options:
-                raise ConfigError(f"{usage} ({part!r} is not one of them)")
-            options[key] = value
-        try:
-            delay_ms = int(options.get("delay_ms", "0"))
-            error_ratio = float(options.get("error_ratio", "0"))
-        except ValueError:
-            raise ConfigError(usage) from None
-        if not 0 <= delay_ms <= 60_000 or not 0.0 <= error_ratio <= 1.0:
-            raise ConfigError(f"{usage} (delay_ms 0..60000, error_ratio 0..1)")
-        if delay_ms == 0 and error_ratio == 0.0:
-            raise ConfigError(f"{usage} (both are zero: nothing to inject)")
-        return cls(parts[0].upper(), parts[1], delay_ms, error_ratio)
-
-
-@dataclass(frozen=True)
 class Settings:
     database_url: str
     redis_url: str
@@ -107,7 +64,6 @@ class Settings:
     clinic_cache_ttl_seconds: int = 300
     service_urls: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
-    fault_injection: FaultInjection | None = None
     # ATENDEAI_FAULTS (system_under_test.faults): empty, the default, is off
     faults: FaultPlan = field(default_factory=FaultPlan)
 
@@ -199,13 +155,6 @@ class Settings:
             ),
             service_urls=service_urls,
             log_level=env.get("ATENDEAI_LOG_LEVEL", cls.log_level).upper(),
-            fault_injection=(
-                FaultInjection.parse(
-                    "ATENDEAI_FAULT_INJECTION", env["ATENDEAI_FAULT_INJECTION"].strip()
-                )
-                if env.get("ATENDEAI_FAULT_INJECTION", "").strip()
-                else None
-            ),
             faults=_fault_plan(env.get(FAULTS_VAR, "")),
         )
 

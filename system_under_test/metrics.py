@@ -14,7 +14,7 @@ narrow buckets instead of reporting 243 ms for a 110 ms p95.
 | ``auth_logins_total`` | counter | outcome | auth |
 | ``auth_refreshes_total`` | counter | outcome | auth |
 | ``atendeai_service_info`` | gauge (1) | service, version | every service |
-| ``fault_injection_enabled`` | gauge | method, route | every service (1 only when on) |
+| ``fault_injection_enabled`` | gauge | method, route | a service with ``ATENDEAI_FAULTS`` rules |
 
 The business gauges (clinics, users, active sessions) count every tenant's
 rows, which no service may see: the PostgreSQL exporter publishes them
@@ -54,9 +54,11 @@ REFRESHES = Counter("auth_refreshes_total", "Token refreshes, by outcome", ("out
 SERVICE_INFO = Gauge(
     "atendeai_service_info", "Which service this process is (always 1)", ("service", "version")
 )
-FAULT_INJECTION = Gauge(
+#: Set by ``app.create_app`` only: 1 for each of the process's routes an
+#: ``ATENDEAI_FAULTS`` rule names; no series at all when the variable is unset.
+FAULTS_ENABLED = Gauge(
     "fault_injection_enabled",
-    "1 while ATENDEAI_FAULT_INJECTION slows or fails a route of this process",
+    "1 while an ATENDEAI_FAULTS rule slows or fails this route of this process",
     ("method", "route"),
 )
 

@@ -4,17 +4,16 @@
    trusted proxies), metrics (latency by route template, in-flight);
 2. ``security_headers``: security headers and CORS on every response, and
    CORS preflights answered before routing;
-3. ``json_errors``: every error becomes the one JSON shape, never a trace;
-4. ``fault_injection`` (only when ``ATENDEAI_FAULT_INJECTION`` is set): slows
-   down and fails one route on purpose, so alert rules can be proven live.
+3. ``json_errors``: every error becomes the one JSON shape, never a trace.
+
+Fault injection (``ATENDEAI_FAULTS``) is no middleware: ``system_under_test.faults``
+wraps the handlers of the routes its rules name.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import random
 import re
 import time
 import uuid
@@ -22,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from system_under_test.config import FaultInjection, Settings
+from system_under_test.config import Settings
 from system_under_test.errors import (
     ApiError,
     Forbidden,
@@ -166,33 +165,7 @@ def build_middlewares(settings: Settings) -> list:
             error = ApiError("internal error; quote the request id when reporting it")
             return _error_response(error, request["request_id"])
 
-    middlewares = [request_context, security_headers, json_errors]
-    if settings.fault_injection is not None:
-        middlewares.append(_fault_injection(settings.fault_injection))
-    return middlewares
-
-
-class FaultInjected(ApiError):
-    """The 500 a fault-injected request answers (never outside a test of alerts)."""
-
-    default_code = "fault_injected"
-
-
-def _fault_injection(fault: FaultInjection):
-    """Innermost: the injected error still gets the JSON shape, headers and metrics."""
-
-    @web.middleware
-    async def fault_injection(request: web.Request, handler: Handler) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        if resource is None or not fault.matches(request.method, resource.canonical):
-            return await handler(request)
-        if fault.delay_ms:
-            await asyncio.sleep(fault.delay_ms / 1000)
-        if fault.error_ratio and random.random() < fault.error_ratio:
-            raise FaultInjected("fault injected on purpose (ATENDEAI_FAULT_INJECTION)")
-        return await handler(request)
-
-    return fault_injection
+    return [request_context, security_headers, json_errors]
 
 
 def _error_response(error: ApiError, request_id: str) -> web.Response:

@@ -21,6 +21,7 @@ from harness.gate.runner import EXIT_BROKEN, EXIT_GO, EXIT_NO_GO, GateConfig, Ga
 REPO = Path(__file__).resolve().parents[2]
 
 # Route-level objectives whose outcome the tests can force with fault injection.
+SLOW_FAILING_CLINIC_ME = "GET /clinics/me delay=400ms; GET /clinics/me error=500"
 
 
 def _buckets(route: str) -> str:
@@ -144,7 +145,8 @@ def test_gate_says_no_on_exactly_the_objectives_that_broke(tmp_path):
         tmp_path,
         _slo(tmp_path),
         run_suites=False,
-        service_env=(("ATENDEAI_FAULT_INJECTION", "GET /clinics/me delay_ms=400 error_ratio=1"),),
+        # every /clinics/me waits 400 ms, then answers 500 (the gate's load signs in)
+        service_env=(("ATENDEAI_FAULTS", SLOW_FAILING_CLINIC_ME),),
     )
     statuses = _statuses(report)
     assert statuses["p95_clinic_me"] == "fail"  # slowed down on purpose

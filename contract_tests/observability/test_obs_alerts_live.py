@@ -3,11 +3,13 @@
 The module starts a second local stack whose Prometheus loads the rules of
 compose/prometheus/rules rendered with every ``for:`` capped at 3 s (same
 expressions; scrape and evaluation every second), and whose services run
-with ``ATENDEAI_FAULT_INJECTION`` making ``GET /clinics/me`` take 600 ms and
-answer 500. Then it stops users-2 and both health instances, sends traffic
-through HAProxy (the failing endpoint, and healthy requests to auth and
-users) and asserts through the Prometheus API that exactly the matching
-alerts go pending and then firing, and that every other alert stays quiet.
+with ``ATENDEAI_FAULTS`` making every ``GET /clinics/me`` take 600 ms and then
+answer 500 (the rules apply to requests that reach the handler, so that
+traffic signs in as a clinic's staff user). Then it stops users-2 and both
+health instances, sends traffic through HAProxy (the failing endpoint, and
+healthy requests to auth and users) and asserts through the Prometheus API
+that exactly the matching alerts go pending and then firing, and that every
+other alert stays quiet.
 
 Proven live here: ServiceDown, BackendDown, HighErrorRate, HighLatencyP95,
 LatencySLOBudgetBurnFast, LatencySLOBudgetBurnSlow. Only shown quiet here
@@ -19,6 +21,7 @@ a database takes every service's /ready down with it).
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -33,10 +36,11 @@ from harness.prometheus_api import PrometheusClient, PrometheusError, wait_for_s
 from harness.providers.local import LocalStackConfig, LocalStackControl, supervised_local_stack
 from harness.providers.prometheus import PrometheusSettings
 from harness.stack import Stack
+from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password
 
 pytestmark = pytest.mark.stack
 
-FAULT = "GET /clinics/me delay_ms=600 error_ratio=1"
+FAULTS = "GET /clinics/me delay=600ms; GET /clinics/me error=500"  # every request
 FOR_CAP_S = 3.0
 ALERT_TIMEOUT_S = 60.0
 STOPPED = ("users-2", "health-1", "health-2")
@@ -49,7 +53,7 @@ def faulty_control(request: pytest.FixtureRequest) -> Iterator[LocalStackControl
     if request.config.getoption("--stack") == "external":
         pytest.skip("the live alert test starts a local stack of its own (not on --stack=external)")
     config = LocalStackConfig(
-        service_env=(("ATENDEAI_FAULT_INJECTION", FAULT),),
+        service_env=(("ATENDEAI_FAULTS", FAULTS),),
         prometheus=PrometheusSettings(
             scrape_interval_s=1.0, evaluation_interval_s=1.0, rule_for_cap_s=FOR_CAP_S
         ),
@@ -63,6 +67,19 @@ def faulty_control(request: pytest.FixtureRequest) -> Iterator[LocalStackControl
 @pytest.fixture(scope="module")
 def faulty_stack(faulty_control: LocalStackControl) -> Stack:
     return faulty_control.stack
+
+
+@pytest.fixture(scope="module")
+def staff_token(faulty_stack: Stack) -> Iterator[str]:
+    """A clinic staff user's access token on the faulty stack (valid 15 min, signed in once)."""
+    api = ApiSession(faulty_stack, ClientAddresses())
+    try:
+        clinic = create_tenant(
+            faulty_stack.postgres.owner_dsn, api=api, password_hash=hash_password()
+        )
+        yield clinic.access_token("staff")
+    finally:
+        api.close()
 
 
 class AlertWatch:
@@ -151,7 +168,7 @@ def watch(faulty_stack: Stack) -> Iterator[AlertWatch]:
 
 @pytest.fixture(scope="module")
 def broken(
-    faulty_stack: Stack, faulty_control: LocalStackControl, watch: AlertWatch
+    faulty_stack: Stack, faulty_control: LocalStackControl, watch: AlertWatch, staff_token: str
 ) -> Iterator[dict[str, str]]:
     """Stop three instances, then keep traffic flowing until the module ends.
 
@@ -174,7 +191,7 @@ def broken(
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="traffic")
     for worker in range(8):
-        pool.submit(_traffic, faulty_stack.haproxy_url or "", stop, worker)
+        pool.submit(_traffic, faulty_stack.haproxy_url or "", staff_token, stop, worker)
     try:
         yield stopped
     finally:
@@ -190,26 +207,38 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def _traffic(base_url: str, stop: threading.Event, worker: int) -> None:
+def _traffic(base_url: str, token: str, stop: threading.Event, worker: int) -> None:
     """One worker: the failing endpoint, then a healthy request to auth and users."""
     deadline = time.monotonic() + 300  # bounded, whatever happens to the test
     headers = {"X-Forwarded-For": f"198.19.250.{worker + 1}"}
+    signed_in = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=base_url, timeout=10, headers=headers) as client:
         while not stop.is_set() and time.monotonic() < deadline:
             try:
-                client.get("/clinics/me")  # 600 ms, then 500 (injected)
+                client.get("/clinics/me", headers=signed_in)  # 600 ms, then 500 (injected)
                 client.get("/auth/me")  # 401, fast: a healthy answer
                 client.get("/users")  # 401, fast
             except httpx.HTTPError:
                 time.sleep(0.1)
 
 
+def test_only_the_faulty_route_is_marked_faulty(faulty_stack):
+    # First in the module: every instance still runs (``broken`` stops three).
+    marked = re.compile(r'^fault_injection_enabled\{method="(\w+)",route="([^"]+)"\} 1\.0$', re.M)
+    for service, urls in faulty_stack.service_instances.items():
+        for url in urls:
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+            want = [("GET", "/clinics/me")] if service == "clinics" else []
+            assert marked.findall(text) == want, (service, url)
+            assert text.count("fault_injection_enabled{") == len(want), (service, url)
+
+
 def test_the_faulty_endpoint_fails_slowly_and_the_gateway_routes_around_the_stopped(
-    faulty_stack, broken
+    faulty_stack, staff_token, broken
 ):
     with httpx.Client(base_url=faulty_stack.haproxy_url or "", timeout=10) as gateway:
         started = time.monotonic()
-        failing = gateway.get("/clinics/me")
+        failing = gateway.get("/clinics/me", headers={"Authorization": f"Bearer {staff_token}"})
         assert failing.status_code == 500
         assert failing.json()["error"]["code"] == "fault_injected"
         assert time.monotonic() - started >= 0.6

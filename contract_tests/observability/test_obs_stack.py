@@ -124,7 +124,8 @@ def test_services_publish_the_design_section_9_metrics(stack):
             "process_resident_memory_bytes",
         ):
             assert metric in text, f"{name}: {metric}"
-        # Fault injection is for the alert tests' own stack only.
+        # No ATENDEAI_FAULTS rules on the session's stack: not one route marked
+        # (test_error_contract_faults and test_obs_alerts_live see the marks when set).
         assert not re.search(r"^fault_injection_enabled\{", text, re.M), name
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +25,6 @@ from harness.providers.prometheus import (
     render_prometheus_config,
 )
 from harness.stack import Credentials, PostgresEndpoints, Stack
-from system_under_test.config import ConfigError, FaultInjection, Settings
 
 
 def _backends() -> list[Backend]:
@@ -34,38 +32,6 @@ def _backends() -> list[Backend]:
         Backend(name, prefixes, ((f"{name}-1", "127.0.0.1:1"), (f"{name}-2", "127.0.0.1:2")))
         for name, prefixes in GATEWAY_ROUTES.items()
     ]
-
-
-# ------------------------------------------------------------------ fault injection
-
-
-def test_fault_injection_is_off_unless_set():
-    env = {"ATENDEAI_DATABASE_URL": "postgresql://x", "ATENDEAI_REDIS_URL": "redis://x"}
-    key = Path(__file__)  # any readable file stands in for the public key
-    env["ATENDEAI_JWT_PUBLIC_KEY_FILE"] = str(key)
-    assert Settings.from_env(env).fault_injection is None
-    env["ATENDEAI_FAULT_INJECTION"] = "get /clinics/me delay_ms=600 error_ratio=0.5"
-    fault = Settings.from_env(env).fault_injection
-    assert fault == FaultInjection("GET", "/clinics/me", 600, 0.5)
-    assert fault.matches("GET", "/clinics/me") and not fault.matches("GET", "/clinics/{clinic_id}")
-
-
-@pytest.mark.parametrize(
-    ("text", "problem"),
-    [
-        ("GET", "expected METHOD /route"),
-        ("GET clinics/me delay_ms=1", "expected METHOD /route"),
-        ("GET /x delay=5", "'delay=5' is not one of them"),
-        ("GET /x delay_ms=1 delay_ms=2", "is not one of them"),
-        ("GET /x delay_ms=soon", "expected METHOD"),
-        ("GET /x error_ratio=1.5", "error_ratio 0..1"),
-        ("GET /x delay_ms=0 error_ratio=0", "nothing to inject"),
-    ],
-)
-def test_fault_injection_refuses_what_it_cannot_do(text, problem):
-    with pytest.raises(ConfigError, match="ATENDEAI_FAULT_INJECTION") as raised:
-        FaultInjection.parse("ATENDEAI_FAULT_INJECTION", text)
-    assert problem in str(raised.value)
 
 
 # ------------------------------------------------------------------ durations, configs
