@@ -53,6 +53,18 @@ def test_the_helpers_are_the_paths_they_claim(intact_world: TenantWorld) -> None
     assert helpers_are_as_declared(intact_world.dsns.app_dsn) == []
 
 
+def test_proof_the_helper_check_notices_helpers_that_changed(scratch_db: ScratchDatabase) -> None:
+    install_helpers(scratch_db.owner_dsn)
+    scratch_db.execute(
+        "alter function rls_paths.user_sessions(uuid) set search_path = pg_catalog",
+        "alter view rls_paths.clinic_audit reset (security_invoker)",
+    )
+    problems = helpers_are_as_declared(scratch_db.app_dsn)
+    assert len(problems) == 2, problems
+    assert "rls_paths.user_sessions is not inlined" in problems[0]
+    assert "view rls_paths.clinic_audit is not security_invoker" in problems[1]
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_path_shows_only_the_context_rows_and_refuses_cross_tenant_writes(
     path: str, intact_world: TenantWorld, security_tally: Tally
