@@ -11,6 +11,10 @@ database or a deliberately broken scratch service instance).
 - ``instances``: extra service processes with the stack's configuration
   (a second auth instance sharing Redis; broken variants for the proofs).
 - ``isolation``: the RLS isolation state machine (hypothesis).
+- ``rls_paths``: reads and writes through the paths behind the known RLS CVEs
+  (CTEs, inlined SQL functions, security_invoker views, MERGE, generic plans,
+  role switches).
+- ``uniqueness``: unique constraints as cross-tenant existence oracles.
 - ``bola``: the object-level authorization sweep built from OpenAPI documents.
 - ``jwt_attacks`` / ``auth_checks``: DESIGN.md section 8, case by case.
 - ``http_checks``: rate limits under concurrency, CORS, security headers,
