@@ -368,12 +368,16 @@ def _scraped_past(reader: PrometheusReader, at: float, selector: str = "up") -> 
 
 
 def _window(reader: PrometheusReader, action: Callable[[], object], selector: str = "up"):
-    """(start, end) of a window that holds a scrape before ``action`` and one after it."""
+    """(start, end) of a window that holds a scrape before ``action`` and one after it.
+
+    It starts a second before the first of those scrapes: the gate rounds a window
+    to whole seconds, which must not cut that scrape off (``increase`` needs both).
+    """
     start = time.time()
     _scraped_past(reader, start, selector)
     action()
     _scraped_past(reader, time.time(), selector)
-    return start, time.time()
+    return start - 1, time.time()
 
 
 def _one(name: str, slo: SloFile) -> SloFile:
@@ -520,7 +524,7 @@ def test_live_a_window_with_its_target_down_is_not_verifiable(probe_prometheus):
     assert probe.min_up == 0 and 0 < probe.avg_up < 1
 
     # the control: the next window, every scrape up, the same figure passes
-    time.sleep(1)  # the window is rounded to whole seconds: keep the outage out of it
+    time.sleep(2.5)  # windows start a second early and are rounded: keep the outage out
     control, readings = _evaluate(slo, reader, _window(reader, lambda: page.observe(100), PROBE))
     assert control.status is Status.PASS, control
     assert readings.targets and not any(t.down_in_window for t in readings.targets)
@@ -529,6 +533,8 @@ def test_live_a_window_with_its_target_down_is_not_verifiable(probe_prometheus):
 def test_live_a_percentile_of_nothing_is_nan_and_not_verifiable(probe_prometheus):
     reader = probe_prometheus.reader
     slo = SloFile(version=1, objectives=[PROBE_P95])
+    # nothing observed for 2.5 s before the window (another test may have just observed)
+    _scraped_past(reader, time.time() + 2.5, PROBE)
     quiet, readings = _evaluate(
         slo, reader, _window(reader, lambda: _scraped_past(reader, time.time() + 0.6, PROBE), PROBE)
     )
