@@ -234,8 +234,10 @@ def test_a_route_with_a_slash_inside_its_matcher_is_not_a_division():
     # the "/" of the route regex is inside a string: the only division is the top-level one
     ratio = objective(query=RATIO_QUERY.replace('"5.."', '"5..",route!~"/health|/x"'), unit="ratio")
     assert ratio.sample_count_query == f"sum(increase({HISTOGRAM}_count[$window]))"
-    two_histograms = objective(query=f"{P95_QUERY} - {P95_QUERY.replace('route!~', 'route=~')}")
-    assert two_histograms.sample_count_query is None  # which count? the file must say
+    two_histograms = f"{P95_QUERY} - {P95_QUERY.replace('route!~', 'route=~')}"
+    with pytest.raises(ValueError, match="a percentile must say how many samples it rests on"):
+        objective(query=two_histograms)  # which count? the file must say
+    assert objective(query=two_histograms, min_samples=0).required_samples is None
 
 
 @pytest.mark.parametrize(

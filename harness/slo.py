@@ -146,7 +146,15 @@ class Objective(BaseModel):
                 raise ValueError(
                     "samples_query must count over the load window: use [$window] in it"
                 )
-        if self.min_samples and self.source == "prometheus" and self.sample_count_query is None:
+        countable = self.sample_count_query is not None
+        if self.quantile is not None and not countable and self.min_samples is None:
+            raise ValueError(
+                "a percentile must say how many samples it rests on, and none can be derived "
+                "from this query (one histogram_quantile over one X_bucket selection is): add "
+                "samples_query (PromQL, e.g. sum(increase(<metric>_count[$window]))), or "
+                "min_samples: 0 to accept any count"
+            )
+        if self.min_samples and self.source == "prometheus" and not countable:
             raise ValueError(
                 f"min_samples ({self.min_samples}) needs a count of the window's samples, and "
                 "none can be derived from this query: add samples_query (PromQL, e.g. "
