@@ -53,6 +53,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.gate.evidence import read_objectives
 from harness.gate.prometheus import PrometheusReader
 from harness.loadrun import ClientFigures, EndpointFigures, LoadRunConfig, run_load
 from harness.prometheus_api import wait_for_stack_targets
@@ -238,16 +239,11 @@ NAMED_TRUTH: dict[str, Callable[[Run], Truth]] = {
 
 
 def objective_values(slo: SloFile, run: Run) -> dict[str, float | None]:
-    """Each objective's figure as the gate takes it (``GateRun._objective_values``):
-    the load generator's named figure, or the PromQL over the window at its end."""
-    return {
-        o.name: (
-            run.client.figure(o.query)
-            if o.source == "locust"
-            else run.reader.objective_value(o, *run.window)
-        )
-        for o in slo.objectives
-    }
+    """Each objective's figure as the gate reads it (``harness.gate.evidence.read_objectives``):
+    the load generator's named figure, or the PromQL over the window at its end. The
+    evidence (samples, targets' up-ness) is left out: the calibration pins what each
+    objective computes; ``test_slo_units`` proves the evidence rules."""
+    return dict(read_objectives(slo, run.reader, run.window, client=run.client).values)
 
 
 class CalibrationMismatch(AssertionError):
