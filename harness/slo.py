@@ -432,12 +432,16 @@ def _missing_evidence(objective: Objective, evidence: Evidence) -> str | None:
     if evidence.samples is None:
         return f"the window's samples could not be counted (at least {needed:,} needed)"
     if not math.isfinite(evidence.samples) or evidence.samples < needed:
-        return f"{_count(evidence.samples)} samples in the window, at least {needed:,} needed"
+        return f"{format_count(evidence.samples)} samples in the window, at least {needed:,} needed"
     return None
 
 
-def _count(samples: float) -> str:
-    return f"{samples:,.0f}" if math.isfinite(samples) else str(samples)
+def format_count(samples: float) -> str:
+    """A sample count as read: ``increase()`` extrapolates, so 19.7 is shown as
+    19.7 (never rounded up to a minimum it does not reach)."""
+    if not math.isfinite(samples):
+        return str(samples)
+    return f"{samples:,.0f}" if samples == round(samples) else f"{samples:,.1f}"
 
 
 def _judge(objective: Objective, value: float, baseline: float | None) -> tuple[Status, float, str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from harness.gate.acceptance import CriterionStatus
 from harness.gate.recovery import DrillStatus, DrillStep, RecoveryResult
 from harness.gate.result import GateResult, Series, plain
-from harness.slo import ObjectiveResult, Status, TargetUptime, Verdict
+from harness.slo import ObjectiveResult, Status, TargetUptime, Verdict, format_count
 
 STATUS_COLOURS = {
     "pass": "#1a7f37", "PASS": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "FAIL": "#cf222e",
@@ -88,7 +88,7 @@ def format_samples(result: ObjectiveResult) -> str:
         return "not counted" + (
             f" (at least {result.min_samples:,} needed)" if result.min_samples else ""
         )
-    shown = f"{result.samples:,.0f}"
+    shown = format_count(result.samples)
     if result.min_samples is None:
         return shown
     if result.samples < result.min_samples:
