@@ -93,4 +93,7 @@ def test_gateway_traffic_is_counted_per_route_template(stack, gateway, prometheu
         )
         return now is not None and now >= (before or 0) + 4
 
-    wait_until(counted, timeout=10, interval=0.25, what="Prometheus to count 4 more /status")
+    # Two scrapes of every health instance, whatever the interval (1 s locally, 15 s
+    # in the compose deployment, where a fixed 10 s sometimes fell between scrapes).
+    timeout = 5 + 2 * prometheus.scrape_interval_s()
+    wait_until(counted, timeout=timeout, interval=0.25, what="Prometheus to count 4 more /status")
