@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,15 @@ def openapi_docs(stack: Stack) -> dict[str, dict[str, Any]]:
         response.raise_for_status()
         docs[name] = response.json()
     return docs
+
+
+def clear_of_window_edge(window: int = 60, margin: float = 20.0) -> None:
+    """The platform's rate limits are fixed windows starting at multiples of
+    ``window`` seconds: a burst straddling the edge legitimately gets two
+    windows' worth. Wait out the last ``margin`` seconds of the window."""
+    left = window - time.time() % window
+    if left < margin:
+        time.sleep(left + 0.5)
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:

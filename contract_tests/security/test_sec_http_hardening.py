@@ -10,13 +10,13 @@ split across both instances.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from contract_tests.conftest import clear_of_window_edge
 from harness.exceptions import ConfigurationError
 from harness.security import SecurityCheckFailed
 from harness.security.http_checks import (
@@ -55,14 +55,6 @@ def two_auth_instances(
         yield [a.url, b.url]
 
 
-def clear_of_window_edge(window: int = WINDOW, margin: float = 20.0) -> None:
-    """Fixed windows start at multiples of ``window``: a burst straddling the edge
-    would legitimately get two windows' worth. Wait out the last ``margin`` seconds."""
-    left = window - time.time() % window
-    if left < margin:
-        time.sleep(left + 0.5)
-
-
 def account_burst(urls: list[str], tenant: Tenant, limit: int) -> list[LoginAttempt]:
     """3 x limit logins for one account, each from its own address, across the instances."""
     user = tenant.user("staff")
@@ -99,7 +91,7 @@ def client_burst(urls: list[str], tenant: Tenant, limit: int) -> list[LoginAttem
 def test_login_limit_per_account_is_exact_across_two_instances(
     two_auth_instances: list[str], tenant: Tenant, security_tally: Tally
 ) -> None:
-    clear_of_window_edge()
+    clear_of_window_edge(WINDOW)
     outcome = check_login_limit_exact(
         account_burst(two_auth_instances, tenant, ACCOUNT_LIMIT),
         limit=ACCOUNT_LIMIT,
@@ -113,7 +105,7 @@ def test_login_limit_per_account_is_exact_across_two_instances(
 def test_login_limit_per_client_is_exact_across_two_instances(
     two_auth_instances: list[str], tenant: Tenant, security_tally: Tally
 ) -> None:
-    clear_of_window_edge()
+    clear_of_window_edge(WINDOW)
     outcome = check_login_limit_exact(
         client_burst(two_auth_instances, tenant, CLIENT_LIMIT),
         limit=CLIENT_LIMIT,
@@ -213,7 +205,7 @@ def test_proof_rate_limit_check_catches_over_admission(
     broken_service: BrokenService,
 ) -> None:
     urls = [broken_service("auth", defect, **LIMIT_ENV).url for _ in range(2)]
-    clear_of_window_edge()
+    clear_of_window_edge(WINDOW)
     with pytest.raises(SecurityCheckFailed, match="over-admission"):
         check_login_limit_exact(
             account_burst(urls, tenant, ACCOUNT_LIMIT),
