@@ -89,20 +89,26 @@ def id_operations(docs: Mapping[str, dict[str, Any]]) -> list[IdOperation]:
     return sorted(operations, key=lambda op: (op.method == "DELETE", op.service, op.path))
 
 
+def resolve_schema(node: dict[str, Any], components: Mapping[str, Any]) -> dict[str, Any]:
+    """``node`` with its ``$ref`` followed and an optional field's ``anyOf: [X, null]``
+    (or ``oneOf``, ``allOf``) reduced to X: the schema a value must match."""
+    while "$ref" in node:
+        node = components[node["$ref"].rsplit("/", 1)[-1]]
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            options = [o for o in node[key] if resolve_schema(o, components).get("type") != "null"]
+            return resolve_schema(options[0], components)
+    if "allOf" in node:
+        return resolve_schema(node["allOf"][0], components)
+    return node
+
+
 def example_body(schema: dict[str, Any], components: Mapping[str, Any]) -> Any:
     """A small valid instance of ``schema``: the required properties, or (when none
     is required) the first optional string property, so an update does something."""
 
     def resolve(node: dict[str, Any]) -> dict[str, Any]:
-        while "$ref" in node:
-            node = components[node["$ref"].rsplit("/", 1)[-1]]
-        for key in ("anyOf", "oneOf"):
-            if key in node:
-                options = [o for o in node[key] if resolve(o).get("type") != "null"]
-                return resolve(options[0])
-        if "allOf" in node:
-            return resolve(node["allOf"][0])
-        return node
+        return resolve_schema(node, components)
 
     def value(node: dict[str, Any], name: str = "") -> Any:
         node = resolve(node)

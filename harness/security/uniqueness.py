@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from harness.security import SecurityCheckFailed
-from harness.security.bola import example_body, shape
+from harness.security.bola import example_body, resolve_schema, shape
 from harness.tenants import Tenant
 
 WRITE_METHODS = ("post", "put", "patch")
@@ -200,38 +200,26 @@ def _expect_accepted(response: httpx.Response, probe: OracleProbe, what: str) ->
 # --- building requests --------------------------------------------------------------
 
 
-def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in schema:
-        name = schema["$ref"].rsplit("/", 1)[-1]
-        schema = doc["components"]["schemas"][name]
-    return schema
+def _components(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc.get("components", {}).get("schemas", {})
 
 
 def _body_schema(doc: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any] | None:
     content = operation.get("requestBody", {}).get("content", {})
     schema = content.get("application/json", {}).get("schema")
-    return None if schema is None else _resolve(doc, schema)
+    return None if schema is None else resolve_schema(schema, _components(doc))
 
 
 def _property_paths(
     doc: dict[str, Any], schema: dict[str, Any], prefix: tuple[str, ...] = ()
 ) -> list[tuple[str, ...]]:
     paths = []
-    for name, sub in _resolve(doc, schema).get("properties", {}).items():
-        sub = _resolve(doc, _non_null(sub))
+    for name, sub in resolve_schema(schema, _components(doc)).get("properties", {}).items():
+        sub = resolve_schema(sub, _components(doc))
         paths.append((*prefix, name))
         if sub.get("type") == "object":
             paths.extend(_property_paths(doc, sub, (*prefix, name)))
     return paths
-
-
-def _non_null(schema: dict[str, Any]) -> dict[str, Any]:
-    """``anyOf: [X, null]`` (an optional field) -> X."""
-    for key in ("anyOf", "oneOf"):
-        options = [s for s in schema.get(key, []) if s.get("type") != "null"]
-        if options:
-            return options[0]
-    return schema
 
 
 def _fresh_value(probe: OracleProbe, domain: str) -> str:
@@ -261,7 +249,7 @@ def _send(
     schema: dict[str, Any],
     value: Any,
 ) -> httpx.Response:
-    body = example_body(schema, doc["components"]["schemas"])
+    body = example_body(schema, _components(doc))
     node = body
     for key in probe.field[:-1]:
         node = node.setdefault(key, {})
