@@ -9,6 +9,7 @@
     ├── LoadRunError                the load generator failed or overran (command, log tail)
     ├── DockerUnavailable           no Docker engine answers (what was tried, the fix)
     ├── ImageBuildError             an image could not be built (component, build log tail)
+    ├── FaultNotSupported           a supervisor cannot inject that fault here (why, where it can)
     └── StackError                  a component of the stack could not be brought up
         ├── ComponentNotInstalled   a binary is missing (names the Debian package to install)
         ├── ComponentStartError     a component started but did not become ready
@@ -202,6 +203,25 @@ class DockerUnavailable(HarnessError):
         return f"no Docker engine: {self.reason}\n  fix: {self.hint}"
 
 
+class FaultNotSupported(HarnessError):
+    """A supervisor cannot inject this fault on this provider or machine.
+
+    Says which fault, on which component, why not (e.g. the kernel's own error
+    text), and where it can be done instead.
+    """
+
+    def __init__(self, fault: str, component: str, *, reason: str, instead: str = "") -> None:
+        self.fault = fault
+        self.component = component
+        self.reason = reason
+        self.instead = instead
+        super().__init__(fault)
+
+    def __str__(self) -> str:
+        text = f"cannot {self.fault} {self.component}: {self.reason}"
+        return f"{text}\n  instead: {self.instead}" if self.instead else text
+
+
 class ImageBuildError(HarnessError):
     """An image of the stack could not be built; carries the build's last lines."""
 
@@ -227,6 +247,7 @@ __all__ = [
     "ComponentStartError",
     "ConfigurationError",
     "DockerUnavailable",
+    "FaultNotSupported",
     "HarnessError",
     "ImageBuildError",
     "LoadRunError",

@@ -11,13 +11,14 @@ failure carries the command, the ports tried and the log tail.
 Subclasses say what differs: ``component``, ``binary_name``, ``package``,
 ``ports_needed``, and the methods ``_configure`` (write the config for the
 chosen ports), ``_command``, ``_env`` and ``_ready`` (one readiness probe:
-return true, or raise ``NotReadyYet`` with what was seen).
+return true, or raise ``NotReadyYet`` with what was seen), and ``_alive``
+when being back after ``restart()`` means less than a first start's readiness.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -81,6 +82,7 @@ class HttpDaemon(StartedResource):
         self.host = LOOPBACK
         self.ports: tuple[int, ...] = ()
         self.process: ManagedProcess | None = None
+        self._binary: Path = Path()
 
     # -- what subclasses provide
 
@@ -123,14 +125,20 @@ class HttpDaemon(StartedResource):
         )
 
     def _launch(self, binary: Path) -> None:
-        import httpx
-
         ports = tuple(free_ports(self.ports_needed, self.host))
         self.ports = ports
+        self._binary = binary
         self._configure(ports)
+        self._spawn(self._ready, timeout_s=self.startup_timeout_s)
+
+    def _spawn(self, check: Callable[[], bool], *, timeout_s: float) -> None:
+        """Start the command on ``self.ports`` and poll ``check`` until it passes."""
+        import httpx
+
+        ports = self.ports
         process = ManagedProcess(
             self.component,
-            self._command(binary, ports),
+            self._command(self._binary, ports),
             log_path=self.log_path,
             env=self._env(),
             port=ports[0],
@@ -141,12 +149,12 @@ class HttpDaemon(StartedResource):
 
         def ready() -> bool:
             process.raise_if_exited(hint=self.hint)
-            return self._ready()
+            return check()
 
         try:
             wait_until(
                 ready,
-                timeout=self.startup_timeout_s,
+                timeout=timeout_s,
                 interval=0.05,
                 what=f"{self.component} to be ready on {self.host}:{ports[0]}",
                 retry_on=(httpx.TransportError, NotReadyYet),
@@ -159,6 +167,24 @@ class HttpDaemon(StartedResource):
             process.stop(grace_s=5.0)
             self.process = None
             raise
+
+    def restart(self, *, timeout_s: float | None = None) -> None:
+        """Start it again on the same ports with the same configuration and data (a
+        supervisor's restart after a crash; ``kill -9`` first if it still runs), and
+        wait until ``_alive`` passes. ``ComponentStartError`` (log tail) otherwise;
+        a port taken meanwhile is an error too: the ``Stack`` names these ports."""
+        if not self.ports:
+            raise RuntimeError(f"{self.component} has not been started")
+        if self.process is not None:
+            self.process.kill()
+            self.process.stop()  # reap it and anything left in its group
+            self.process = None
+        timeout = self.startup_timeout_s if timeout_s is None else timeout_s
+        self._spawn(self._alive, timeout_s=timeout)
+
+    def _alive(self) -> bool:
+        """Readiness after a restart (default: the same as at the start)."""
+        return self._ready()
 
     def _get(self, path: str, *, port_index: int = 0) -> str:
         """``GET`` one of our URLs; the body, or ``NotReadyYet`` naming the status."""

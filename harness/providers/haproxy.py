@@ -240,6 +240,16 @@ class LocalHAProxy(HttpDaemon):
             self._get(f"{STATS_PATH};csv", port_index=1), self.backends
         )
 
+    def _alive(self) -> bool:
+        """After a restart: the stats page answers and lists every server. Their
+        checks are not awaited: a server starts UP (HAProxy assumes so until its
+        checks fail), and an instance that is down meanwhile is HAProxy's to find."""
+        rows = server_rows(self._get(f"{STATS_PATH};csv", port_index=1))
+        expected = {f"{b.service}/{name}" for b in self.backends for name, _ in b.servers}
+        if missing := expected - set(rows):
+            raise NotReadyYet(f"servers missing from the stats page: {sorted(missing)}")
+        return True
+
 
 def every_server_listed_and_passing(stats_csv: str, backends: Sequence[Backend]) -> bool:
     """True when the stats page lists every server of ``backends`` and none fails its

@@ -27,13 +27,15 @@ Progress lines (component, address, seconds) go to the ``progress`` callback,
 by default to stderr.
 
 ``supervised_local_stack(config)`` is the same, but yields a
-``LocalStackControl``: the ``Stack`` plus the supervisor's hold on PostgreSQL
-and the service instances (``kill``, ``restart``, ``evidence``), for the
-recovery drill (``harness.gate.recovery``).
+``LocalStackControl``: the ``Stack`` plus the supervisor's hold on every
+component (``kill``, ``pause``, ``resume``, ``restart``, ``evidence``,
+``undo_faults``), for the recovery and resilience drills
+(``harness.gate.recovery``). On exit it first thaws whatever it left frozen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -42,9 +44,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.exceptions import ConfigurationError
+from harness.exceptions import ConfigurationError, FaultNotSupported
 from harness.keys import generate_jwt_keys
-from harness.processes import ManagedProcess
+from harness.processes import ManagedProcess, descendants
+from harness.providers.daemon import HttpDaemon
 from harness.providers.database import (
     APP_ROLE,
     DATABASE,
@@ -104,16 +107,37 @@ class LocalStackConfig(StackOptions):
                 object.__setattr__(self, name, Path(value))
 
 
+#: Why the local provider cannot cut or slow one component's network.
+_SHARED_NETNS = (
+    "the local provider runs every component as a process of this host, all in its one "
+    "network namespace on 127.0.0.1: a route or a qdisc there would cut or slow every "
+    "component alike, not this one alone"
+)
+_USE_CONTAINERS = (
+    "use the containers provider (--stack=containers, or StackRequest(provider='containers')): "
+    "each container has a network namespace of its own"
+)
+
+
 class LocalStackControl:
     """A running local stack and the supervisor's hold on its processes.
 
     The local provider's ``Supervisor`` (``harness.providers.Supervisor``):
     what the recovery drill and the tests need to break a component and
     bring it back, the way Docker's ``restart: unless-stopped`` would.
-    ``postgres`` and the service instances (``auth-1``, ``auth-2``...) can be
-    killed, frozen and restarted; every process the provider started counts
-    in ``pids()``. A restart keeps the port and the data, so the ``Stack``
-    stays true.
+    Every component (``postgres``, ``redis``, the service instances
+    ``auth-1``..., the two exporters, ``haproxy``, ``prometheus``) can be
+    killed (``kill -9`` of it and every descendant), frozen (SIGSTOP to it and
+    every descendant: PostgreSQL's backends are session leaders of their own,
+    out of its process group) and restarted on the same port and data (Redis
+    replays its AOF, Prometheus its TSDB's WAL, PostgreSQL its WAL), awaited
+    until ready. A restart keeps the ports, so the ``Stack`` stays true.
+
+    The supervisor remembers what it broke (frozen, killed and not restarted);
+    ``undo_faults()`` thaws and restarts all of it, and the provider thaws
+    every frozen process before it stops the stack, also after Ctrl-C.
+    Network faults (``isolate``, ``delay``) raise ``FaultNotSupported`` here:
+    every process shares the host's network namespace.
     """
 
     def __init__(
@@ -122,24 +146,35 @@ class LocalStackControl:
         *,
         postgres: LocalPostgres,
         services: Sequence[RunningService],
-        others: Mapping[str, ManagedProcess | None] = {},
+        redis: LocalRedis | None = None,
+        daemons: Mapping[str, HttpDaemon] = {},
         restart_timeout_s: float,
     ) -> None:
         self.stack = stack
         self._postgres = postgres
+        self._redis = redis
         self._services = {service.name: service for service in services}
-        self._others = {name: process for name, process in others.items() if process}
+        self._daemons = dict(daemons)
         self.restart_timeout_s = restart_timeout_s
+        self._paused: set[str] = set()
+        self._killed: set[str] = set()
 
     @property
     def components(self) -> tuple[str, ...]:
-        return ("postgres", *self._services)
+        first = ("postgres", "redis") if self._redis is not None else ("postgres",)
+        return (*first, *self._services, *self._daemons)
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """What the supervisor broke and has not undone: ``{component: "paused" | "killed"}``."""
+        return {
+            **{name: "killed" for name in sorted(self._killed)},
+            **{name: "paused" for name in sorted(self._paused)},
+        }
 
     def pids(self) -> list[int]:
         """The pid of every running process the provider started (descendants not included)."""
-        processes = [self._process(name) for name in self.components]
-        processes += list(self._others.values())
-        return [p.pid for p in processes if p is not None and p.running and p.pid is not None]
+        return [pid for name in self.components if (pid := self.pid(name)) is not None]
 
     def pid(self, component: str) -> int | None:
         """The pid of the component's running process (``None`` when it is down)."""
@@ -147,44 +182,113 @@ class LocalStackControl:
         return process.pid if process is not None and process.running else None
 
     def kill(self, component: str) -> int | None:
-        """``kill -9`` the component's whole process group; the pid killed, or ``None``."""
+        """``kill -9`` the component and every descendant; the pid killed, or ``None``."""
         process = self._process(component)
-        return None if process is None else process.kill()
+        pid = None if process is None else process.kill()
+        if pid is not None:
+            self._killed.add(component)
+        self._paused.discard(component)  # SIGKILL ends a stopped process too
+        return pid
 
     def pause(self, component: str) -> None:
-        """Freeze the component (SIGSTOP to its process group), as ``docker pause`` does."""
-        self._signal_group(component, signal.SIGSTOP)
+        """Freeze the component (SIGSTOP to it and its descendants), as ``docker pause`` does."""
+        self._signal_all(component, signal.SIGSTOP)
+        self._paused.add(component)
 
     def resume(self, component: str) -> None:
-        """Thaw a frozen component (SIGCONT)."""
-        self._signal_group(component, signal.SIGCONT)
+        """Thaw a frozen component (SIGCONT to it and its descendants)."""
+        self._signal_all(component, signal.SIGCONT)
+        self._paused.discard(component)
 
-    def _signal_group(self, component: str, signum: int) -> None:
+    def _signal_all(self, component: str, signum: int) -> None:
         pid = self.pid(component)
         if pid is None:
             raise ConfigurationError(f"{component} is not running: nothing to signal")
-        os.killpg(os.getpgid(pid), signum)
+        # the main process first: once stopped it forks nothing while we look
+        for target in (pid, *descendants(pid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(target, signum)
 
     def restart(self, component: str, *, timeout_s: float | None = None) -> None:
-        """Start the component again (same port, same data) and wait until it is ready.
+        """Start the component again (same port, same data) and wait until it is ready:
+        PostgreSQL answers a query, Redis an authenticated PING, a service ``/ready``,
+        HAProxy its stats page, Prometheus ``/-/ready``, an exporter its ``/metrics``.
 
-        Raises ``ComponentStartError`` with its log tail when it does not come back.
+        Kills it first when it still runs (frozen or not). Raises
+        ``ComponentStartError`` with its log tail when it does not come back.
         """
         timeout = self.restart_timeout_s if timeout_s is None else timeout_s
-        if component == "postgres":
-            self._postgres.restart(timeout_s=timeout)
-        else:
-            self._service(component).restart(timeout_s=timeout)
+        part = self._part(component)
+        self._paused.discard(component)  # the restart kills whatever is left
+        part.restart(timeout_s=timeout)
+        self._killed.discard(component)
+
+    def isolate(self, component: str, *, from_: Sequence[str]) -> None:
+        """Not here: ``FaultNotSupported`` (one shared network namespace)."""
+        self._part(component)
+        raise FaultNotSupported(
+            f"isolate (from {', '.join(from_)})",
+            component,
+            reason=_SHARED_NETNS,
+            instead=_USE_CONTAINERS,
+        )
+
+    def rejoin(self, component: str) -> None:
+        """Not here: ``FaultNotSupported`` (nothing can have been isolated)."""
+        self._part(component)
+        raise FaultNotSupported("rejoin", component, reason=_SHARED_NETNS, instead=_USE_CONTAINERS)
+
+    def delay(self, component: str, *, ms: int) -> None:
+        """Not here: ``FaultNotSupported`` (one shared network namespace)."""
+        self._part(component)
+        raise FaultNotSupported(
+            f"delay ({ms} ms)", component, reason=_SHARED_NETNS, instead=_USE_CONTAINERS
+        )
+
+    def undelay(self, component: str) -> None:
+        """Not here: ``FaultNotSupported`` (nothing can have been delayed)."""
+        self._part(component)
+        raise FaultNotSupported("undelay", component, reason=_SHARED_NETNS, instead=_USE_CONTAINERS)
+
+    def undo_faults(self, *, restart_killed: bool = True) -> list[str]:
+        """Thaw every component this supervisor froze and (``restart_killed``) restart
+        every one it killed; what was undone, as lines (``"redis resumed"``).
+
+        Tries them all; the first failure is raised at the end, with the others
+        as notes. The provider calls it with ``restart_killed=False`` before it
+        stops the stack (a frozen process ignores SIGTERM until thawed).
+        """
+        done: list[str] = []
+        errors: list[BaseException] = []
+        for component in sorted(self._paused):
+            try:
+                if self.pid(component) is not None:
+                    self.resume(component)
+                    done.append(f"{component} resumed")
+                self._paused.discard(component)
+            except Exception as error:
+                errors.append(error)
+        for component in sorted(self._killed) if restart_killed else ():
+            try:
+                self.restart(component)
+                done.append(f"{component} restarted")
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            for other in errors[1:]:
+                errors[0].add_note(f"also: {other}")
+            raise errors[0]
+        return done
 
     def evidence(self, component: str, *, lines: int = 15) -> str:
         """Where the component listens, its pid and log, and the log's last lines."""
-        if component == "postgres":
-            port, log_path = self._postgres.port, self._postgres.log_path
-        else:
-            service = self._service(component)
-            port, log_path = service.port, service.process.log_path
+        port, log_path = self._where(component)
         pid = self.pid(component)
         state = f"pid {pid}" if pid is not None else "not running"
+        if component in self._paused:
+            state += ", frozen (SIGSTOP)"
+        if component in self._killed:
+            state += ", killed by the supervisor"
         process = self._process(component)
         tail = (process.log_tail(lines) if process is not None else "") or "(empty)"
         return (
@@ -192,17 +296,27 @@ class LocalStackControl:
             + "\n".join(f"  | {line}" for line in tail.splitlines())
         )
 
-    def _process(self, component: str) -> ManagedProcess | None:
-        if component == "postgres":
-            return self._postgres.process
-        return self._service(component).process
+    def _where(self, component: str) -> tuple[int | None, Path]:
+        if component in self._services:
+            service = self._services[component]
+            return service.port, service.process.log_path
+        part = self._part(component)
+        assert not isinstance(part, RunningService)
+        return part.port, part.log_path
 
-    def _service(self, component: str) -> RunningService:
-        try:
-            return self._services[component]
-        except KeyError:
+    def _process(self, component: str) -> ManagedProcess | None:
+        return self._part(component).process
+
+    def _part(self, component: str) -> LocalPostgres | LocalRedis | RunningService | HttpDaemon:
+        if component == "postgres":
+            return self._postgres
+        if component == "redis" and self._redis is not None:
+            return self._redis
+        found = self._services.get(component) or self._daemons.get(component)
+        if found is None:
             known = ", ".join(self.components)
-            raise ConfigurationError(f"no component {component!r} (known: {known})") from None
+            raise ConfigurationError(f"no component {component!r} (known: {known})")
+        return found
 
 
 @contextmanager
@@ -428,19 +542,27 @@ def supervised_local_stack(
         say(f"stack ready in {cold_start:.2f} s")
         resources.callback(say, "stopping the stack")
         outcome["started"] = True
-        yield LocalStackControl(
+        control = LocalStackControl(
             stack,
             postgres=postgres,
             services=services,
-            others={
-                "redis": redis.process,
-                "postgres-exporter": postgres_exporter.process,
-                "redis-exporter": redis_exporter.process,
-                "haproxy": haproxy.process,
-                "prometheus": prometheus.process,
+            redis=redis,
+            daemons={
+                "postgres-exporter": postgres_exporter,
+                "redis-exporter": redis_exporter,
+                "haproxy": haproxy,
+                "prometheus": prometheus,
             },
             restart_timeout_s=config.startup_timeout_s,
         )
+        # First thing on exit (Ctrl-C included): a frozen process ignores SIGTERM.
+        resources.callback(_thaw_before_stopping, control, say)
+        yield control
+
+
+def _thaw_before_stopping(control: LocalStackControl, say: Progress) -> None:
+    for line in control.undo_faults(restart_killed=False):
+        say(f"before stopping: {line}")
 
 
 def _line(component: str, where: str, since: float) -> str:

@@ -4,7 +4,8 @@
 there, never on the command line where ``ps`` would show it), starts
 ``redis-server`` on a free loopback port, and waits for an authenticated
 ``PING``. On exit it sends SIGTERM (Redis flushes the AOF and exits) and
-removes the directory if it made it.
+removes the directory if it made it. ``restart()`` brings it back after a
+crash on the same port and data (the AOF is replayed).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class LocalRedis(StartedResource):
         self.port: int | None = None
         self.password = secrets.token_urlsafe(24)
         self.process: ManagedProcess | None = None
+        self._binary: Path | None = None
         self.startup_seconds: float | None = None
 
     @property
@@ -140,6 +142,9 @@ class LocalRedis(StartedResource):
     def _launch(self, binary: Path) -> None:
         port = free_port(self.host)
         self._write_config(port)
+        self._spawn(binary, port, timeout_s=self.startup_timeout_s)
+
+    def _spawn(self, binary: Path, port: int, *, timeout_s: float) -> None:
         process = ManagedProcess(
             "redis",
             [str(binary), str(self.config_path)],
@@ -148,11 +153,11 @@ class LocalRedis(StartedResource):
             grace_s=10.0,
         )
         process.start()
-        self.process, self.port = process, port
+        self.process, self.port, self._binary = process, port, binary
         try:
             wait_until(
                 self._ready_check(process),
-                timeout=self.startup_timeout_s,
+                timeout=timeout_s,
                 interval=0.02,
                 what=f"redis to answer an authenticated PING on {self.host}:{port}",
                 retry_on=_redis_transient_errors(),
@@ -165,6 +170,19 @@ class LocalRedis(StartedResource):
             process.stop(grace_s=5.0)
             self.process = None
             raise
+
+    def restart(self, *, timeout_s: float | None = None) -> None:
+        """Start redis-server again with the same config (port, password, data
+        directory: it replays the AOF) after a crash, ``kill -9`` first if it still
+        runs, and wait for an authenticated PING; ``ComponentStartError`` otherwise."""
+        if self.port is None or self._binary is None:
+            raise RuntimeError("LocalRedis has not been started")
+        if self.process is not None:
+            self.process.kill()
+            self.process.stop()  # reap it
+            self.process = None
+        timeout = self.startup_timeout_s if timeout_s is None else timeout_s
+        self._spawn(self._binary, self.port, timeout_s=timeout)
 
     def _ready_check(self, process: ManagedProcess) -> Callable[[], bool]:
         import redis

@@ -1,0 +1,280 @@
+"""The local provider's supervisor, on a local stack of its own: every component
+can be killed, frozen, thawed and restarted on the same port and data, the
+supervisor remembers what it broke and undoes it (also on Ctrl-C), and the
+network faults it cannot inject say so. Real processes throughout: Redis with
+its AOF, HAProxy, Prometheus with its TSDB. Not run on ``--stack=external``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from harness.exceptions import FaultNotSupported
+from harness.processes import wait_until
+from harness.providers.local import LocalStackConfig, LocalStackControl, supervised_local_stack
+
+pytestmark = [pytest.mark.stack]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _say(line: str) -> None:
+    print(f"supervisor: {line}", file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="module")
+def control(request: pytest.FixtureRequest) -> Iterator[LocalStackControl]:
+    if request.config.getoption("--stack") == "external":
+        pytest.skip("this module starts a local stack of its own (not on --stack=external)")
+    config = LocalStackConfig(instances_per_service=1, keep_dir=False)
+    with supervised_local_stack(config, progress=_say) as control:
+        yield control
+
+
+@pytest.fixture
+def supervisor(control: LocalStackControl) -> Iterator[LocalStackControl]:
+    """The stack's supervisor; whatever a test leaves broken is undone after it."""
+    yield control
+    control.undo_faults()
+    assert control.faults == {}
+
+
+def _redis(control: LocalStackControl, *, timeout_s: float = 2.0) -> redis.Redis:
+    return redis.Redis.from_url(
+        control.stack.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+
+
+def test_every_component_is_supervised(supervisor):
+    assert set(supervisor.components) == {
+        "postgres",
+        "redis",
+        *(f"{name}-1" for name in ("auth", "users", "clinics", "health")),
+        "postgres-exporter",
+        "redis-exporter",
+        "haproxy",
+        "prometheus",
+    }
+    for component in supervisor.components:
+        evidence = supervisor.evidence(component)
+        assert f"pid {supervisor.pid(component)}" in evidence, evidence
+        assert "127.0.0.1:" in evidence
+
+
+def test_redis_killed_and_restarted_keeps_a_key_written_before(supervisor):
+    key, value = f"supervisor-test:{uuid.uuid4().hex}", uuid.uuid4().hex
+    store = _redis(supervisor)
+    assert store.set(key, value)
+    before = supervisor.pid("redis")
+    assert supervisor.kill("redis") == before
+    assert supervisor.pid("redis") is None
+    assert supervisor.faults == {"redis": "killed"}
+    with pytest.raises(redis.ConnectionError):
+        _redis(supervisor).ping()
+    assert "killed by the supervisor" in supervisor.evidence("redis")
+
+    started = time.monotonic()
+    supervisor.restart("redis", timeout_s=30)
+    _say(f"redis back in {time.monotonic() - started:.2f} s")
+    after = _redis(supervisor)
+    assert supervisor.pid("redis") not in (None, before)
+    assert after.get(key) == value.encode(), "the AOF did not bring the key back"
+    assert supervisor.faults == {}
+
+
+def test_a_frozen_redis_times_out_and_answers_again_once_thawed(supervisor):
+    supervisor.pause("redis")
+    assert supervisor.faults == {"redis": "paused"}
+    assert "frozen (SIGSTOP)" in supervisor.evidence("redis")
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        _redis(supervisor, timeout_s=1.0).ping()
+    assert time.monotonic() - started < 5
+    supervisor.resume("redis")
+    assert _redis(supervisor).ping()
+    assert supervisor.faults == {}
+
+
+def _through_haproxy(gateway: str) -> httpx.Response:
+    """A request HAProxy routes to the auth service (401 without a token: the
+    service's own error shape, whatever state Redis or PostgreSQL are in)."""
+    return httpx.get(f"{gateway}/auth/me", timeout=10)
+
+
+def test_haproxy_killed_then_restarted_serves_on_the_same_port(supervisor):
+    gateway = supervisor.stack.haproxy_url or ""
+    answer = _through_haproxy(gateway)
+    assert answer.status_code == 401 and "error" in answer.json(), answer.text
+    before = supervisor.pid("haproxy")
+    assert supervisor.kill("haproxy") == before
+    with pytest.raises(httpx.ConnectError):
+        _through_haproxy(gateway)
+
+    started = time.monotonic()
+    supervisor.restart("haproxy", timeout_s=30)
+    _say(f"haproxy back in {time.monotonic() - started:.2f} s")
+    assert supervisor.pid("haproxy") not in (None, before)
+    assert supervisor.stack.haproxy_url == gateway
+    answer = _through_haproxy(gateway)
+    assert answer.status_code == 401 and "error" in answer.json(), answer.text
+    stats = httpx.get(f"{supervisor.stack.haproxy_stats_url};csv", timeout=5)
+    assert stats.status_code == 200 and "auth-1" in stats.text
+
+
+def test_prometheus_killed_and_restarted_is_ready_with_its_old_data(supervisor):
+    url = supervisor.stack.prometheus_url or ""
+
+    def samples_at(moment: float) -> int:
+        answer = httpx.get(
+            f"{url}/api/v1/query", params={"query": "count(up)", "time": moment}, timeout=5
+        ).json()
+        result = answer["data"]["result"]
+        return int(result[0]["value"][1]) if result else 0
+
+    wait_until(
+        lambda: samples_at(time.time()) > 0,
+        timeout=30,
+        what="Prometheus's first scrapes",
+        interval=0.5,
+    )
+    scraped = time.time()
+    before = samples_at(scraped)
+    pid = supervisor.pid("prometheus")
+    assert supervisor.kill("prometheus") == pid
+
+    started = time.monotonic()
+    supervisor.restart("prometheus", timeout_s=60)
+    _say(f"prometheus back in {time.monotonic() - started:.2f} s")
+    assert httpx.get(f"{url}/-/ready", timeout=5).status_code == 200
+    assert supervisor.pid("prometheus") not in (None, pid)
+    assert samples_at(scraped) == before, "the TSDB lost what was scraped before the kill"
+
+
+def test_undo_faults_thaws_and_restarts_what_the_supervisor_broke(supervisor):
+    service = supervisor.stack.service_instances["users"][0]
+    supervisor.pause("users-1")
+    supervisor.pause("redis")
+    killed = supervisor.kill("redis-exporter")
+    assert supervisor.faults == {
+        "redis-exporter": "killed",
+        "redis": "paused",
+        "users-1": "paused",
+    }
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(f"{service}/health", timeout=1)
+
+    done = supervisor.undo_faults()
+    assert sorted(done) == ["redis resumed", "redis-exporter restarted", "users-1 resumed"]
+    assert supervisor.faults == {}
+    assert httpx.get(f"{service}/health", timeout=5).status_code == 200
+    assert _redis(supervisor).ping()
+    assert supervisor.pid("redis-exporter") not in (None, killed)
+    exporter = httpx.get(supervisor.stack.exporters["redis"], timeout=5).text
+    assert "\nredis_up 1" in exporter
+
+
+def test_network_faults_are_refused_with_the_reason(supervisor):
+    with pytest.raises(FaultNotSupported) as isolate:
+        supervisor.isolate("auth-1", from_=("postgres", "redis"))
+    message = str(isolate.value)
+    assert "auth-1" in message and "network namespace" in message
+    assert "containers provider" in message
+    with pytest.raises(FaultNotSupported, match="containers provider"):
+        supervisor.delay("auth-1", ms=200)
+    with pytest.raises(FaultNotSupported):
+        supervisor.rejoin("auth-1")
+    assert supervisor.faults == {}
+
+
+# --- Ctrl-C in the middle of a fault ---------------------------------------------------
+
+CTRL_C_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from harness.processes import descendants
+    from harness.providers.local import LocalStackConfig, supervised_local_stack
+
+    config = LocalStackConfig(instances_per_service=1, keep_dir=True, base_dir=sys.argv[1])
+    with supervised_local_stack(config, progress=lambda line: None) as control:
+        frozen = []
+        for component in ("redis", "postgres"):
+            control.pause(component)
+            frozen += [control.pid(component), *descendants(control.pid(component))]
+        print(json.dumps({"frozen": frozen,
+                          "redis_log": control.stack.extra["redis_log"],
+                          "postgres_log": control.stack.extra["postgres_log"]}), flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (``T``: stopped), ``None`` when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def test_ctrl_c_during_a_freeze_leaves_nothing_frozen(request):
+    """A drill interrupted while Redis and PostgreSQL are frozen: the stack thaws
+    them first, so each stops gracefully (Redis flushes its AOF and says bye,
+    PostgreSQL shuts down) instead of hanging out its grace period as a stopped
+    process, and no stopped process is left behind (PostgreSQL's backends are
+    session leaders of their own: a SIGKILL to its group would miss them)."""
+    if request.config.getoption("--stack") == "external":
+        pytest.skip("starts a local stack of its own (not on --stack=external)")
+    # under /tmp itself: PostgreSQL's OS user cannot enter pytest's tmp_path
+    base = Path(tempfile.mkdtemp(prefix="atendeai-ctrl-c-"))
+    base.chmod(0o711)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(base)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    where: dict = {}
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert line, f"the stack did not come up: {child.stderr.read() if child.stderr else ''}"
+        where = json.loads(line)
+        frozen = where["frozen"]
+        assert len(frozen) > 3, f"PostgreSQL's backends were not frozen: {frozen}"
+        assert {_state(pid) for pid in frozen} == {"T"}, "not everything was frozen"
+        started = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        logs = {
+            name: Path(path).read_text(errors="replace")
+            for name, path in where.items()
+            if name.endswith("_log")
+        }
+        shutil.rmtree(base, ignore_errors=True)
+    _say(f"Ctrl-C with redis and postgres frozen: stack stopped in {took:.2f} s")
+    left = {pid: _state(pid) for pid in frozen if _state(pid) not in (None, "Z")}
+    assert left == {}, f"processes left behind (pid: state): {left}"
+    assert "ready to exit, bye bye" in logs["redis_log"], logs["redis_log"][-2000:]
+    assert "database system is shut down" in logs["postgres_log"], logs["postgres_log"][-2000:]
+    assert took < 10, f"the stop took {took:.1f} s: something waited out its grace period"
