@@ -18,6 +18,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,9 @@ import redis
 
 from harness.exceptions import FaultNotSupported
 from harness.processes import wait_until
+from harness.providers.haproxy import HAProxySettings, server_rows
 from harness.providers.local import LocalStackConfig, LocalStackControl, supervised_local_stack
+from harness.tenants import ClientAddresses, login_body
 
 pytestmark = [pytest.mark.stack]
 
@@ -37,11 +40,16 @@ def _say(line: str) -> None:
     print(f"supervisor: {line}", file=sys.stderr, flush=True)
 
 
+#: Two routes slow enough to kill the instance serving them mid-request: a read
+#: (safe to replay) and a login (a POST: never replayed once sent).
+SLOW_ROUTES = "GET /auth/me delay=1500ms; POST /auth/login delay=1500ms"
+
+
 @pytest.fixture(scope="module")
 def control(request: pytest.FixtureRequest) -> Iterator[LocalStackControl]:
     if request.config.getoption("--stack") == "external":
         pytest.skip("this module starts a local stack of its own (not on --stack=external)")
-    config = LocalStackConfig(instances_per_service=1, keep_dir=False)
+    config = LocalStackConfig(service_env=(("ATENDEAI_FAULTS", SLOW_ROUTES),))
     with supervised_local_stack(config, progress=_say) as control:
         yield control
 
@@ -64,7 +72,7 @@ def test_every_component_is_supervised(supervisor):
     assert set(supervisor.components) == {
         "postgres",
         "redis",
-        *(f"{name}-1" for name in ("auth", "users", "clinics", "health")),
+        *(f"{name}-{i}" for name in ("auth", "users", "clinics", "health") for i in (1, 2)),
         "postgres-exporter",
         "redis-exporter",
         "haproxy",
@@ -134,6 +142,105 @@ def test_haproxy_killed_then_restarted_serves_on_the_same_port(supervisor):
     assert answer.status_code == 401 and "error" in answer.json(), answer.text
     stats = httpx.get(f"{supervisor.stack.haproxy_stats_url};csv", timeout=5)
     assert stats.status_code == 200 and "auth-1" in stats.text
+
+
+# --- HAProxy and an instance that dies -------------------------------------------------
+
+
+def _auth_rows(control: LocalStackControl) -> dict[str, dict[str, str]]:
+    csv = httpx.get(f"{control.stack.haproxy_stats_url};csv", timeout=5).text
+    return {name: row for name, row in server_rows(csv).items() if name.startswith("auth/")}
+
+
+def _wait_both_auth_up(control: LocalStackControl) -> None:
+    wait_until(
+        lambda: {row["status"] for row in _auth_rows(control).values()} == {"UP"},
+        timeout=30,
+        what="HAProxy to have auth-1 and auth-2 UP",
+        interval=0.1,
+    )
+
+
+def _kill_the_instance_serving(control: LocalStackControl, request) -> tuple[str, httpx.Response]:
+    """Send ``request`` through HAProxy in a thread, ``kill -9`` the auth instance it
+    is in flight on (HAProxy's stats: one current session), and return that
+    instance and the answer the client got."""
+    _wait_both_auth_up(control)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(request)
+
+        def serving() -> str | None:
+            busy = [name for name, row in _auth_rows(control).items() if row["scur"] != "0"]
+            return busy[0].removeprefix("auth/") if len(busy) == 1 else None
+
+        instance = wait_until(serving, timeout=5, what="the request to reach an instance")
+        control.kill(instance)
+        return instance, answer.result(timeout=30)
+
+
+def test_a_get_in_flight_on_a_killed_instance_is_served_by_the_other(supervisor):
+    """``retry-on empty-response`` with ``option redispatch``: the killed instance
+    closed the connection without answering; HAProxy replays the GET on its peer."""
+    stack = supervisor.stack
+    headers = {"X-Forwarded-For": ClientAddresses().next()}
+    login = httpx.post(
+        f"{stack.haproxy_url}/auth/login",
+        json=login_body(stack.platform_admin),
+        headers=headers,
+        timeout=15,
+    )
+    assert login.status_code == 200, login.text
+    headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+    killed, answer = _kill_the_instance_serving(
+        supervisor, lambda: httpx.get(f"{stack.haproxy_url}/auth/me", headers=headers, timeout=30)
+    )
+    assert answer.status_code == 200, f"{killed} killed mid-GET: {answer.status_code} {answer.text}"
+    assert answer.json()["email"] == stack.platform_admin.email
+    supervisor.restart(killed, timeout_s=30)
+
+
+def test_a_post_in_flight_on_a_killed_instance_is_never_replayed(supervisor):
+    """The login may have reached the killed instance: HAProxy answers 502 rather
+    than send it to the other one (``http-request disable-l7-retry`` for every
+    method but GET/HEAD/OPTIONS). A replay would have answered 200: without that
+    rule it does (``option http-buffer-request`` makes every POST replayable)."""
+    stack = supervisor.stack
+    headers = {"X-Forwarded-For": ClientAddresses().next()}
+    killed, answer = _kill_the_instance_serving(
+        supervisor,
+        lambda: httpx.post(
+            f"{stack.haproxy_url}/auth/login",
+            json=login_body(stack.platform_admin),
+            headers=headers,
+            timeout=30,
+        ),
+    )
+    assert answer.status_code == 502, f"{killed} killed mid-POST: {answer.status_code}"
+    supervisor.restart(killed, timeout_s=30)
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_haproxy_takes_a_dead_or_frozen_instance_out_within_the_stated_time(supervisor, fault):
+    """A killed instance refuses the check at once; a frozen one lets it time out.
+    HAProxy must mark it DOWN within ``HAProxySettings.worst_case_down_s`` (plus
+    0.5 s for this poll and the machine), its peer staying UP."""
+    settings = HAProxySettings()
+    limit = settings.worst_case_down_s(check_takes_s=0 if fault == "kill" else 2) + 0.5
+    _wait_both_auth_up(supervisor)
+    started = time.monotonic()
+    getattr(supervisor, fault)("auth-2")
+    wait_until(
+        lambda: _auth_rows(supervisor)["auth/auth-2"]["status"].startswith("DOWN"),
+        timeout=limit + 10,
+        what="HAProxy to mark auth-2 DOWN",
+        interval=0.05,
+    )
+    took = time.monotonic() - started
+    _say(f"auth-2 {fault}: DOWN after {took:.2f} s (stated worst case {limit - 0.5:.1f} s)")
+    assert _auth_rows(supervisor)["auth/auth-1"]["status"] == "UP"
+    assert took <= limit, f"auth-2 DOWN after {took:.2f} s, stated at most {limit:.2f} s"
+    supervisor.undo_faults()
+    _wait_both_auth_up(supervisor)
 
 
 def test_prometheus_killed_and_restarted_is_ready_with_its_old_data(supervisor):

@@ -6,6 +6,12 @@ service, each balancing over every instance of that service and checking
 them with ``option httpchk GET /ready``; unknown paths get a 404 in the
 platform's error shape. A second frontend serves the live stats page
 (``/stats``) and HAProxy's built-in Prometheus exporter (``/metrics``).
+When an instance dies, HAProxy replays a request on the other instance when
+the connection failed (any method: nothing was sent) or when the instance
+closed it without answering (GET/HEAD/OPTIONS only: a POST, PATCH, PUT or
+DELETE that may have been written is never replayed; the client gets 502),
+and takes the instance out of rotation within ``HAProxySettings``' stated
+worst case (``worst_case_down_s``).
 ``compose/haproxy/haproxy.cfg`` is the Docker twin (DNS-discovered replicas);
 ``contract_tests/observability`` checks both with ``haproxy -c`` and checks
 that every route here is one the services' OpenAPI documents serve.
@@ -64,12 +70,53 @@ class Backend:
 
 @dataclass(frozen=True)
 class HAProxySettings:
-    """The timing of health checks (fast locally: an instance is out within ~2 s)."""
+    """The timing of health checks: an instance is out within seconds.
+
+    Every ``check_interval`` HAProxy sends ``GET /ready`` to each instance;
+    after a failed check it checks again every ``fast_interval`` until
+    ``fall`` checks in a row failed (DOWN) or one passed; a DOWN instance is
+    checked every ``down_interval`` and is back after ``rise`` passes. A check
+    fails when the connection is refused, when ``/ready`` answers anything but
+    200, or when the answer takes longer than ``check_timeout``. Worst cases
+    (``worst_case_down_s``): a killed instance (refused at once) is DOWN
+    within ``check_interval + (fall - 1) * fast_interval`` (1.5 s by default);
+    one whose ``/ready`` takes up to ``check_timeout`` to say 503 (its probes of
+    PostgreSQL and Redis wait 2 s) within that plus ``fall * check_timeout``
+    (5.5 s).
+    """
 
     check_interval: str = "1s"
+    fast_interval: str = "500ms"
+    down_interval: str = "1s"
     fall: int = 2
     rise: int = 1
+    # a busy instance's /ready may take over a second; only a silent one is out
+    check_timeout: str = "2s"
     stats_refresh: str = "5s"
+
+    def __post_init__(self) -> None:
+        for name in ("check_interval", "fast_interval", "down_interval", "check_timeout"):
+            _seconds(getattr(self, name), name)
+        if self.fall < 1 or self.rise < 1:
+            raise ConfigurationError(f"fall and rise must be >= 1, not {self.fall}/{self.rise}")
+
+    def worst_case_down_s(self, *, check_takes_s: float = 0.0) -> float:
+        """The longest an instance that stopped passing stays in rotation, when each
+        failing check takes ``check_takes_s`` (0: refused at once; at most
+        ``check_timeout``)."""
+        takes = min(check_takes_s, _seconds(self.check_timeout, "check_timeout"))
+        first = _seconds(self.check_interval, "check_interval") + takes
+        return first + (self.fall - 1) * (_seconds(self.fast_interval, "fast_interval") + takes)
+
+
+def _seconds(text: str, name: str) -> float:
+    """An HAProxy duration (``500ms``, ``1s``, ``2m``) in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    number = text.rstrip("usmh")
+    unit = text[len(number) :] or "ms"  # HAProxy's default unit
+    if not number.isdigit() or unit not in units:
+        raise ConfigurationError(f"HAProxy {name}: {text!r} is not a duration (e.g. 500ms, 2s)")
+    return int(number) * units[unit]
 
 
 def render_haproxy_config(
@@ -127,23 +174,32 @@ def render_haproxy_config(
         "    log global",
         "    option httplog",
         "    option dontlog-normal",
-        "    option redispatch",
+        # Each retry goes to another instance than the one that failed.
+        "    option redispatch 1",
         "    retries 2",
-        # Only failures before the request reached a server: never replay a POST.
-        "    retry-on conn-failure",
+        # conn-failure: the request never left HAProxy (safe for every method);
+        # empty-response: the instance closed without answering (killed while
+        # serving it): retried for GET/HEAD/OPTIONS only (disable-l7-retry below).
+        "    retry-on conn-failure empty-response",
         "    timeout connect 2s",
         "    timeout client 30s",
         "    timeout server 30s",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
-        # a busy instance's /ready may take over a second; only a silent one is out
-        "    timeout check 2s",
+        f"    timeout check {settings.check_timeout}",
         f"    default-server check inter {settings.check_interval} "
+        f"fastinter {settings.fast_interval} downinter {settings.down_interval} "
         f"fall {settings.fall} rise {settings.rise}{dns_options}",
         "",
         "frontend gateway",
         f"    bind {bind}",
         "    option forwardfor",
+        # The whole request (body included) before a server is chosen: a slow
+        # client holds no service connection, and a request is replayable.
+        "    option http-buffer-request",
+        # A request that may have reached a service is replayed only when safe
+        # to: never a POST, PATCH, PUT or DELETE (it may have been written).
+        "    http-request disable-l7-retry unless METH_GET || METH_OPTIONS",
         *acls,
         not_found,
         *uses,
