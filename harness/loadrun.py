@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +41,15 @@ class LoadRunConfig:
     # it runs on its own machine. A lower priority keeps it from taking CPU
     # the services need (it still gets all it asks for while a core is idle).
     niceness: int = 10
+    # the profile's stages replaced by these ((until_s, users, spawn_rate), ...)
+    stages: tuple[tuple[float, int, float], ...] = ()
+    # where Locust writes per-second request counts and the ledger of writes
+    evidence_dir: Path | None = None
+
+    @property
+    def stop_file(self) -> Path:
+        """Locust ends the run (cleanly, statistics written) once this file exists."""
+        return self.out_dir / "stop-requested"
 
     def command(self) -> list[str]:
         command = [
@@ -54,6 +65,11 @@ class LoadRunConfig:
             "--csv-full-history",
             "--exit-code-on-error", "0",
         ]  # fmt: skip
+        if self.stages:
+            command += ["--load-stages", json.dumps([list(stage) for stage in self.stages])]
+        if self.evidence_dir is not None:
+            command += ["--evidence-dir", str(self.evidence_dir)]
+        command += ["--stop-file", str(self.stop_file)]
         if self.arrival_rate > 0:
             command += ["--arrival-rate", str(self.arrival_rate)]
         if self.processes > 1:
@@ -236,10 +252,19 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def run_load(
-    config: LoadRunConfig, *, progress: Progress, every_s: float = 5.0, timeout_s: float
+    config: LoadRunConfig,
+    *,
+    progress: Progress,
+    every_s: float = 5.0,
+    timeout_s: float,
+    stop: threading.Event | None = None,
 ) -> ClientFigures:
-    """Run the profile; print progress every ``every_s``; return the client figures."""
+    """Run the profile; print progress every ``every_s``; return the client figures.
+
+    When ``stop`` is set before the profile ends, Locust is asked to stop: the
+    profile's shape ends the run at its next tick, as if the profile were over."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
+    config.stop_file.unlink(missing_ok=True)
     log_path = config.out_dir / "locust.log"
     prefix = config.out_dir / "locust"
     command = config.command()
@@ -247,20 +272,27 @@ def run_load(
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
+            said = time.monotonic()
             while True:
                 try:
-                    process.wait(timeout=every_s)
+                    process.wait(timeout=0.5)
                     break
                 except subprocess.TimeoutExpired:
-                    elapsed = time.time() - started
-                    if elapsed > timeout_s:
-                        process.terminate()
-                        process.wait(timeout=30)
-                        raise LoadRunError(
-                            f"it did not finish within {timeout_s:.0f} s",
-                            command=command,
-                            log_tail=_tail(log_path),
-                        ) from None
+                    pass
+                if stop is not None and stop.is_set():
+                    config.stop_file.touch()  # once; then wait for it to finish
+                    stop = None
+                elapsed = time.time() - started
+                if elapsed > timeout_s:
+                    process.terminate()
+                    process.wait(timeout=30)
+                    raise LoadRunError(
+                        f"it did not finish within {timeout_s:.0f} s",
+                        command=command,
+                        log_tail=_tail(log_path),
+                    ) from None
+                if time.monotonic() - said >= every_s:
+                    said = time.monotonic()
                     line = _latest_progress(prefix)
                     if line:
                         progress(f"load {config.profile} {elapsed:5.0f}s  {line}")

@@ -72,14 +72,16 @@ class SloFileError(ValueError):
 class Objective(BaseModel):
     """One objective. ``source: prometheus`` (default) takes ``query`` as PromQL;
     ``source: locust`` takes it as the name of a load-generator figure
-    (``users_peak``, ``requests_per_second``, ...)."""
+    (``users_peak``, ``requests_per_second``, ...); ``source: drill`` as the name
+    of a figure of the resilience drill (``unaffected_read_availability``,
+    ``worst_served_again_s``, ``lost_writes``, ``run_availability``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
     description: str = ""
     query: Annotated[str, Field(min_length=1)]
-    source: Literal["prometheus", "locust"] = "prometheus"
+    source: Literal["prometheus", "locust", "drill"] = "prometheus"
     unit: Literal["seconds", "ratio", "count", "requests_per_second"] = "seconds"
     comparator: Comparator
     threshold: float

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import logging
+import os
 import random
 import threading
 import time
+from collections import Counter
+from pathlib import Path
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, between, events, task
@@ -32,7 +36,7 @@ from locust.exception import StopUser
 from harness.loadseed import LoadAccount, seed_load_accounts
 from harness.stack import Stack
 from harness.tenants import login_body
-from loadtests.profiles import PROFILES
+from loadtests.profiles import PROFILES, Profile, Stage
 
 CLIENT_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 PROBE_ROUTES = ("/health", "/status")
@@ -66,6 +70,24 @@ def _add_options(parser) -> None:
         type=int,
         default=0,
         help="accounts to seed per load process (default: the profile's peak users, min 50)",
+    )
+    parser.add_argument(
+        "--load-stages",
+        env_var="ATENDEAI_LOAD_STAGES",
+        default="",
+        help="the profile's stages replaced by JSON [[until_s, users, spawn_rate], ...]",
+    )
+    parser.add_argument(
+        "--evidence-dir",
+        env_var="ATENDEAI_EVIDENCE_DIR",
+        default="",
+        help="write per-second request counts and the ledger of writes here when the run ends",
+    )
+    parser.add_argument(
+        "--stop-file",
+        env_var="ATENDEAI_STOP_FILE",
+        default="",
+        help="end the profile's run (cleanly) as soon as this file exists",
     )
     parser.add_argument(
         "--arrival-rate",
@@ -117,8 +139,27 @@ class AccountPool:
 ACCOUNTS = AccountPool()
 
 
-def _peak_users(options) -> int:
+def chosen_profile(options) -> Profile | None:
+    """``--load-profile``, its stages replaced by ``--load-stages`` when given."""
     profile = PROFILES.get(options.load_profile or "")
+    if profile is None or not options.load_stages:
+        return profile
+    try:
+        stages = tuple(
+            Stage(float(until), int(users), float(rate))
+            for until, users, rate in json.loads(options.load_stages)
+        )
+    except (ValueError, TypeError) as error:
+        raise SystemExit(
+            f"atendeai load: --load-stages is not [[until_s, users, rate], ...]: {error}"
+        ) from None
+    if not stages:
+        raise SystemExit("atendeai load: --load-stages is empty")
+    return Profile(profile.name, profile.description, stages)
+
+
+def _peak_users(options) -> int:
+    profile = chosen_profile(options)
     if profile is None:
         return getattr(options, "num_users", None) or 50
     return profile.peak_users
@@ -147,6 +188,103 @@ def _is_master(environment) -> bool:
     from locust.runners import MasterRunner
 
     return isinstance(environment.runner, MasterRunner)
+
+
+class RunEvidence:
+    """What this load process saw, kept for the resilience drill (``--evidence-dir``).
+
+    - requests per second of start time, per endpoint: how many, how many failed
+      and why (status code or exception), so a fault's window can be counted;
+    - the ledger of writes (``harness.gate.ledger``): every write sent, with its
+      values, tenant and outcome (acknowledged, answered failed, unknown).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.buckets: dict[tuple[int, str, str], list] = {}
+        self.writes: list[dict] = []
+        self._seq = itertools.count()
+
+    def request(self, request_type, name, start_time, response, exception) -> None:
+        if start_time is None:
+            return
+        key = (int(start_time), request_type, name)
+        with self._lock:
+            bucket = self.buckets.setdefault(key, [0, 0, Counter()])
+            bucket[0] += 1
+            if exception is not None:
+                bucket[1] += 1
+                status = getattr(response, "status_code", 0) or 0
+                bucket[2][str(status) if status else type(exception).__name__] += 1
+
+    def write(self, op: str, clinic_id, values: dict, response, *, user_id: str = "") -> str:
+        """Note one write and its outcome; returns the outcome."""
+        status = getattr(response, "status_code", 0) or 0
+        outcome, detail = write_outcome(response)
+        if outcome == "ack" and op == "create":
+            user_id = response.json()["id"]
+        entry = {
+            "op": op,
+            "clinic_id": str(clinic_id),
+            "values": values,
+            "outcome": outcome,
+            "at": time.time(),
+            "seq": next(self._seq),
+            "user_id": user_id,
+            "status": status,
+            "detail": detail,
+        }
+        with self._lock:
+            self.writes.append(entry)
+        return outcome
+
+    def save(self, directory: str) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            requests = [
+                [second, method, name, count, failures, dict(kinds)]
+                for (second, method, name), (count, failures, kinds) in sorted(self.buckets.items())
+            ]
+            _write_json(path / f"requests-{os.getpid()}.json", {"requests": requests})
+            _write_json(path / f"ledger-{os.getpid()}.json", {"writes": self.writes})
+
+
+def write_outcome(response) -> tuple[str, str]:
+    """``ack`` (2xx), ``failed`` (the platform's JSON error shape) or ``unknown``
+    (no answer from the platform: timeout, reset, the gateway's own 502/504)."""
+    status = getattr(response, "status_code", 0) or 0
+    if 200 <= status < 300:
+        return "ack", ""
+    if status:
+        try:
+            code = response.json()["error"]["code"]
+        except Exception:  # not our shape: the gateway's page, or a cut-off body
+            return "unknown", f"{status} without the platform's error body"
+        return "failed", f"{status} {code}"
+    error = getattr(response, "error", None)
+    return "unknown", f"{type(error).__name__}: {error}"[:200]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
+
+
+EVIDENCE = RunEvidence()
+
+
+@events.request.add_listener
+def _count_request(request_type, name, start_time=None, response=None, exception=None, **_kw):
+    EVIDENCE.request(request_type, name, start_time, response, exception)
+
+
+@events.quitting.add_listener
+def _save_evidence(environment, **_kwargs) -> None:
+    options = environment.parsed_options
+    if options is not None and options.evidence_dir and not _is_master(environment):
+        EVIDENCE.save(options.evidence_dir)
 
 
 class SignedInUser(FastHttpUser):
@@ -255,19 +393,15 @@ class ClinicManager(SignedInUser):
     @task(1)
     def add_staff(self) -> None:
         tag = random.getrandbits(64)
+        values = {"name": f"New staff {tag:x}", "email": f"staff-{tag:x}@load.example"}
         with self.client.post(
             "/users",
-            json={
-                "name": f"New staff {tag:x}",
-                "email": f"staff-{tag:x}@load.example",
-                "password": f"load-pass-{tag:x}",
-                "role": "staff",
-            },
+            json={**values, "password": f"load-pass-{tag:x}", "role": "staff"},
             headers=self.headers(),
             name="/users",
             catch_response=True,
         ) as response:
-            if response.status_code == 201:
+            if EVIDENCE.write("create", self.account.clinic_id, values, response) == "ack":
                 self.created.append(response.json()["id"])
             else:
                 response.failure(f"create answered {response.status_code}")
@@ -276,12 +410,20 @@ class ClinicManager(SignedInUser):
     def rename_staff(self) -> None:
         if not self.created:
             return
-        self.client.patch(
-            f"/users/{random.choice(self.created)}",
-            json={"name": f"Renamed {random.getrandbits(32):x}"},
+        user_id = random.choice(self.created)
+        values = {"name": f"Renamed {random.getrandbits(32):x}"}
+        with self.client.patch(
+            f"/users/{user_id}",
+            json=values,
             headers=self.headers(),
             name="/users/{user_id}",
-        )
+            catch_response=True,
+        ) as response:
+            outcome = EVIDENCE.write(
+                "update", self.account.clinic_id, values, response, user_id=user_id
+            )
+            if outcome != "ack":
+                response.failure(f"rename answered {response.status_code}")
 
 
 class HealthProbe(FastHttpUser):
@@ -349,7 +491,9 @@ class ProfileShape(LoadTestShape):
         options = self.runner.environment.parsed_options
         if options is None or not options.load_profile:
             return None
-        profile = PROFILES[options.load_profile].scaled(options.load_profile_scale)
+        if options.stop_file and os.path.exists(options.stop_file):
+            return None  # asked to stop (the resilience drill is over)
+        profile = chosen_profile(options).scaled(options.load_profile_scale)
         run_time = self.get_run_time()
         target = profile.target(run_time)
         if not profile.step_users:

@@ -92,6 +92,11 @@ PROFILES: dict[str, Profile] = {
             (Stage(1800, 300, 10),),
         ),
         Profile(
+            "resilience",
+            "1000 users (ramp at 10/s) held while the fault plan breaks one component at a time",
+            (Stage(100, 1000, 10), Stage(700, 1000, 10)),
+        ),
+        Profile(
             "capacity",
             "+500 users (at 10/s) every 90 s up to 6000, until p95 breaks 200 ms",
             (),

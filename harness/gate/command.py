@@ -20,7 +20,9 @@ def add_parser(commands) -> None:
         help="the release gate: suites, a load profile, SLOs from Prometheus, a go/no-go report",
         description="Bring the stack up, run the pytest suites, run a Locust load profile "
         "through HAProxy, read every SLO back from Prometheus over exactly the load window, "
-        "run the recovery drill (kill -9, restart, time the way back), and write "
+        "run the resilience drill (the fault plan under the same users: kill -9, freeze and "
+        "cut off each component one at a time, time the way back, check the ledger of "
+        "acknowledged writes against the database), and write "
         "reports/<run-id>/ (report.html, report.json, junit.xml, summary.md). "
         "Exit 0 go, 1 no-go, 2 a broken run.",
     )
@@ -56,10 +58,24 @@ def add_parser(commands) -> None:
     )
     gate.add_argument("--no-suites", action="store_true", help="skip the pytest suites")
     gate.add_argument(
+        "--no-drill",
         "--no-recovery-drill",
+        dest="no_drill",
         action="store_true",
-        help="skip the recovery drill (kill -9 of a service instance and of PostgreSQL after "
-        "the load, timed until the platform serves again)",
+        help="skip the resilience drill (its objectives are then NOT VERIFIABLE: no-go)",
+    )
+    gate.add_argument(
+        "--drill-plan",
+        choices=("full", "short"),
+        default="full",
+        help="the fault plan: full (every component, default) or short (four faults)",
+    )
+    gate.add_argument(
+        "--drill-hold",
+        type=positive_number,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a freeze or a cut-off lasts (default 10)",
     )
     gate.add_argument(
         "--suite-arg",
@@ -99,7 +115,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
             processes=args.processes,
             arrival_rate=args.arrival_rate or 0.0,
             run_suites=not args.no_suites,
-            recovery_drill=not args.no_recovery_drill,
+            recovery_drill=not args.no_drill,
+            drill_plan=args.drill_plan,
+            drill_hold_s=args.drill_hold,
             suite_args=tuple(args.suite_arg),
             baseline=args.baseline,
             service_env=tuple(args.service_env),

@@ -1,7 +1,8 @@
 """Every objective's figure and the evidence it rests on, read over the load window.
 
-For each objective that applies to the profile: its value (Prometheus, or the
-load generator for ``source: locust``), how many samples it was computed from
+For each objective that applies to the profile: its value (Prometheus, the
+load generator for ``source: locust``, the resilience drill for ``source:
+drill``), how many samples it was computed from
 (``Objective.sample_count_query``, or the load generator's counts) and the
 scrape targets' up-ness over the same window. ``harness.slo.evaluate`` turns
 them into verdicts; a read that fails leaves a note and no figure, which the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.gate.drill import DrillResult
 from harness.gate.prometheus import PrometheusReader, QueryError
 from harness.loadrun import ClientFigures
 from harness.slo import (
@@ -40,6 +42,7 @@ def read_objectives(
     *,
     profile: str | None = None,
     client: ClientFigures | None = None,
+    drill: DrillResult | None = None,
 ) -> Readings:
     """The figures and evidence of ``slo``'s objectives for ``profile`` over ``window``."""
     start, end = window
@@ -59,6 +62,14 @@ def read_objectives(
         if not objective.applies_to(profile):
             continue
         name = objective.name
+        if objective.source == "drill":
+            queries[name] = f"resilience drill: {objective.query}"
+            values[name] = None if drill is None else drill.figure(objective.query)
+            samples = None if drill is None else drill.figure_samples(objective.query)
+            evidence[name] = Evidence(None if samples is None else float(samples), targets)
+            if drill is None:
+                notes.append(f"{name}: the resilience drill did not run")
+            continue
         if objective.source == "locust":
             queries[name] = f"load generator: {objective.query}"
             values[name] = None if client is None else client.figure(objective.query)

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.gate.acceptance import CriterionStatus
-from harness.gate.recovery import DrillStatus, DrillStep, RecoveryResult
+from harness.gate.drill import DrillResult, FaultResult
+from harness.gate.recovery import DrillStatus
 from harness.gate.result import GateResult, Series, plain
 from harness.slo import ObjectiveResult, Status, TargetUptime, Verdict, format_count
 
@@ -138,16 +139,38 @@ def _headline(result: GateResult) -> str:
     if warnings:
         text += f" ({warnings} warning{'s' if warnings > 1 else ''})"
     if result.recovery is not None and result.recovery.status is DrillStatus.FAIL:
-        text += "; the recovery drill failed"
+        text += "; the resilience drill failed"
     return text
 
 
-def _seconds(step: DrillStep) -> str:
-    return "not recovered" if step.seconds is None else f"{step.seconds:.1f} s"
+def _seconds(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f} s"
 
 
-def _drill_line(drill: RecoveryResult) -> str:
-    return f"Recovery drill: {drill.status.value}, {drill.reason}."
+def _drill_line(drill: DrillResult) -> str:
+    return f"Resilience drill: {drill.status.value}, {drill.reason}."
+
+
+def _drill_summary(drill: DrillResult) -> list[str]:
+    """The whole drill's figures, one line each (Markdown and HTML)."""
+    lines = [
+        f"Users: {drill.users:,}. Steady state before the first fault: {drill.steady.describe()}.",
+        f"Whole drill: {drill.run.describe()}.",
+        f"Reads that do not depend on the failed component: {drill.unaffected_reads.describe()}.",
+    ]
+    if drill.ledger is not None:
+        lines.append(f"Ledger of writes: {drill.ledger.summary()}.")
+        lines += [f"Ledger: {example}" for example in drill.ledger.examples]
+    elif drill.ledger_note:
+        lines.append(f"Ledger of writes: NOT VERIFIABLE ({drill.ledger_note}).")
+    return lines
+
+
+def _server(fault: FaultResult) -> str:
+    if fault.server is None:
+        return fault.server_note
+    text = f"{fault.server.requests:,} requests, {fault.server.failures:,} 5xx"
+    return f"{text}; {fault.server_note}" if fault.server_note else text
 
 
 # --- Markdown ------------------------------------------------------------------
@@ -207,12 +230,19 @@ def render_markdown(result: GateResult) -> str:
             f"{s.count('error')} errors, {s.count('skipped')} skipped.",
         ]
     if result.recovery is not None:
-        lines += ["", _drill_line(result.recovery)]
-        if result.recovery.steps:
-            lines += ["", "| step | fault | recovered after |", "| --- | --- | --- |"]
+        drill = result.recovery
+        lines += ["", _drill_line(drill)]
+        if drill.faults:
+            lines += [""] + [f"- {line}" for line in _drill_summary(drill)]
             lines += [
-                f"| {step.name} | {step.fault} | {_seconds(step)} |"
-                for step in result.recovery.steps
+                "",
+                "| fault | status | served again | back in rotation | client | server |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {f.name} | {f.status.value} | {_seconds(f.served_again_s)} "
+                f"| {_seconds(f.in_rotation_s)} | {f.client.describe()} | {_server(f)} |"
+                for f in drill.faults
             ]
     lines += ["", "| criterion | status |", "| --- | --- |"]
     for c in result.acceptance:
@@ -272,27 +302,48 @@ def render_junit(result: GateResult) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _junit_recovery(root: ET.Element, drill: RecoveryResult) -> None:
-    """One test case per step of the drill; a single skipped one when it could not run."""
-    suite = ET.SubElement(root, "testsuite", name="recovery")
-    if drill.status is DrillStatus.NOT_VERIFIABLE:
-        case = ET.SubElement(suite, "testcase", classname="recovery", name="recovery drill")
-        ET.SubElement(case, "skipped", message="not verifiable here").text = drill.reason
-        suite.set("tests", "1")
-        suite.set("skipped", "1")
-        return
-    steps = drill.steps or (DrillStep("recovery drill", "none injected", False, None),)
-    failures = 0
-    for step in steps:
-        case = ET.SubElement(suite, "testcase", classname="recovery", name=step.name)
-        if step.seconds is not None:
-            case.set("time", f"{step.seconds:.3f}")
-        if not step.recovered or (step.seconds or 0) >= drill.threshold_s:
+def _junit_recovery(root: ET.Element, drill: DrillResult) -> None:
+    """One test case per fault of the drill, and one for the ledger; a single skipped
+    case when the drill could not run."""
+    suite = ET.SubElement(root, "testsuite", name="resilience")
+    cases = 0
+    failures = skipped = 0
+    if not drill.faults:
+        case = ET.SubElement(suite, "testcase", classname="resilience", name="resilience drill")
+        if drill.status is DrillStatus.FAIL:
+            ET.SubElement(case, "failure", message=drill.reason)
             failures += 1
-            message = drill.reason if not drill.steps else f"{step.fault}: {_seconds(step)}"
-            ET.SubElement(case, "failure", message=message).text = "\n".join(step.evidence)
-    suite.set("tests", str(len(steps)))
+        else:
+            ET.SubElement(case, "skipped", message="not verifiable here").text = drill.reason
+            skipped += 1
+        cases = 1
+    for fault in drill.faults:
+        cases += 1
+        case = ET.SubElement(suite, "testcase", classname="resilience", name=fault.name)
+        if fault.served_again_s is not None:
+            case.set("time", f"{fault.served_again_s:.3f}")
+        if fault.status is DrillStatus.NOT_VERIFIABLE:
+            skipped += 1
+            ET.SubElement(case, "skipped", message="not verifiable here").text = fault.reason
+        elif fault.status is DrillStatus.FAIL:
+            failures += 1
+            ET.SubElement(case, "failure", message=fault.reason).text = "\n".join(fault.evidence)
+    if drill.faults:
+        cases += 1
+        case = ET.SubElement(
+            suite, "testcase", classname="resilience", name="no acknowledged write lost"
+        )
+        if drill.ledger is None:
+            skipped += 1
+            ET.SubElement(case, "skipped", message="not verifiable").text = drill.ledger_note
+        elif drill.ledger.lost:
+            failures += 1
+            ET.SubElement(case, "failure", message=drill.ledger.summary()).text = "\n".join(
+                drill.ledger.examples
+            )
+    suite.set("tests", str(cases))
     suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
 
 
 # --- HTML ----------------------------------------------------------------------
@@ -455,20 +506,25 @@ def render_html(result: GateResult) -> str:
     if result.recovery is not None:
         drill = result.recovery
         sections += [
-            "<h2>Recovery drill</h2>",
-            f"<p>{_badge(drill.status.value)} {e(drill.reason)} "
-            f"(threshold: under {drill.threshold_s:.0f} s per step).</p>",
+            "<h2>Resilience drill: faults under load</h2>",
+            f"<p>{_badge(drill.status.value)} {e(drill.reason)}</p>",
         ]
-        if drill.steps:
+        if drill.faults:
+            sections.append(
+                "<ul>" + "".join(f"<li>{e(x)}</li>" for x in _drill_summary(drill)) + "</ul>"
+            )
             sections.append(
                 _table(
-                    ["step", "fault", "recovered after", "evidence"],
+                    ["fault", "status", "served again", "back in rotation", "client side",
+                     "server side", "evidence"],
                     [
-                        [e(step.name), e(step.fault), _badge("PASS" if step.recovered else "FAIL")
-                         + " " + e(_seconds(step)),
+                        [f"{e(f.name)}<br><small>{e(f.expectation)}</small>",
+                         _badge(f.status.value) + "<br>" + e(f.reason),
+                         e(_seconds(f.served_again_s)), e(_seconds(f.in_rotation_s)),
+                         e(f.client.describe()), e(_server(f)),
                          "<br>".join(f"<pre>{e(x)}</pre>" if "\n" in x else e(x)
-                                     for x in step.evidence)]
-                        for step in drill.steps
+                                     for x in f.evidence)]
+                        for f in drill.faults
                     ],
                 )
             )  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.gate.acceptance import CriterionResult
 from harness.gate.crosscheck import CrossCheck
-from harness.gate.recovery import RecoveryResult
+from harness.gate.drill import DrillResult
 from harness.gate.suites import SuiteResults
 from harness.loadrun import ClientFigures
 from harness.slo import ObjectiveResult, TargetUptime, Verdict
@@ -38,7 +38,7 @@ class GateResult:
     notes: tuple[str, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
     baseline_from: str | None = None
-    recovery: RecoveryResult | None = None  # the recovery drill (None: not part of this run)
+    recovery: DrillResult | None = None  # the resilience drill (None: not part of this run)
     # server-side p95 per endpoint over the window, in ms, keyed "METHOD /route"
     # like the load generator's endpoint labels
     endpoint_p95_ms: dict[str, float] = field(default_factory=dict)
@@ -53,7 +53,7 @@ def plain(value: Any) -> Any:
         data = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         for name in (
             "label", "users_peak", "duration_s", "difference", "recovery_s", "down_in_window",
-            "verifiable",
+            "verifiable", "availability",
         ):  # fmt: skip
             if hasattr(type(value), name) and isinstance(getattr(type(value), name), property):
                 data[name] = plain(getattr(value, name))

@@ -1,4 +1,4 @@
-"""One gate run, wired together: stack → suites → load → SLOs → recovery drill → reports.
+"""One gate run, wired together: stack → suites → load → drill under load → SLOs → reports.
 
 Exit codes: 0 go, 1 no-go, 2 a broken run (bad SLO file, the stack or the
 load generator failed): a broken run never pretends to be a verdict.
@@ -6,6 +6,7 @@ load generator failed): a broken run never pretends to be a verdict.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -20,10 +21,11 @@ from pathlib import Path
 from harness.exceptions import ConfigurationError, HarnessError
 from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.crosscheck import cross_check
+from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.evidence import read_objectives
 from harness.gate.memory import PeakMemory, megabytes, tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader, QueryError
-from harness.gate.recovery import DrillStatus, RecoveryResult, run_recovery_drill
+from harness.gate.recovery import DrillStatus
 from harness.gate.report import format_samples, format_value, status_text, write_reports
 from harness.gate.result import GateResult
 from harness.gate.suites import SuiteResults, run_suites
@@ -71,7 +73,9 @@ class GateConfig:
     processes: int = 1
     arrival_rate: float = 0.0
     run_suites: bool = True
-    recovery_drill: bool = True
+    recovery_drill: bool = True  # the resilience drill under load (after the SLO window)
+    drill_plan: str = "full"  # "full" or "short" (four faults)
+    drill_hold_s: float = 10.0  # how long a freeze or cut-off lasts
     suite_args: tuple[str, ...] = ()
     baseline: str = "auto"  # "auto" (last passing run of this profile), "none", or a report.json
     service_env: tuple[tuple[str, str], ...] = field(default=())
@@ -89,6 +93,10 @@ class GateConfig:
             raise ConfigurationError("--arrival-rate cannot be negative")
         if self.provider == "external" and self.stack_json is None:
             raise ConfigurationError("--provider external needs --stack-json FILE")
+        if self.drill_plan not in ("full", "short"):
+            raise ConfigurationError(f"--drill-plan must be full or short, not {self.drill_plan!r}")
+        if self.drill_hold_s <= 0:
+            raise ConfigurationError("--drill-hold must be positive")
 
     @property
     def load_mode(self) -> str:
@@ -238,10 +246,30 @@ class GateRun:
                 notes.append(client.capacity.line)
             window = (client.started_at, client.ended_at)
             self._wait_for_last_scrape(reader, window[1])
+            # the SLO window's own figures, before the drill breaks anything
+            series = self._series(reader, client, window, notes)
+            endpoint_p95_ms = self._endpoint_p95(reader, window, notes)
+            try:
+                targets = reader.targets()
+            except Exception as error:  # reported, not fatal: the SLOs already came back
+                notes.append(f"could not read the Prometheus targets: {error}")
+                targets = None
+            memory = {"idle": megabytes(idle), "peak": megabytes(peak.peak)}
+            if not pids:
+                notes.append("memory not measured: the provider did not start the processes")
+
+            # the drill: a second load of the same users while the fault plan runs
+            started = time.monotonic()
+            drill = self._drill(stack, supervisor, load, profile.peak_users, reader)
+            timings["drill under load"] = time.monotonic() - started
+            if drill.status is not DrillStatus.NOT_VERIFIABLE or drill.faults:
+                # Prometheus may have been killed and restarted: the SLO window's
+                # samples are in its TSDB; wait until every target is scraped again
+                wait_for_stack_targets(stack, timeout_s=60)
 
             baseline, baseline_from = find_baseline(self.config, self.config.reports_dir)
             readings = read_objectives(
-                slo, reader, window, profile=self.config.profile, client=client
+                slo, reader, window, profile=self.config.profile, client=client, drill=drill
             )
             notes.extend(readings.notes)
             results = evaluate(
@@ -256,25 +284,10 @@ class GateRun:
                 for o in slo.objectives
                 if not o.applies_to(self.config.profile)
             )
-            series = self._series(reader, client, window, notes)
-            endpoint_p95_ms = self._endpoint_p95(reader, window, notes)
-            try:
-                targets = reader.targets()
-            except Exception as error:  # reported, not fatal: the SLOs already came back
-                notes.append(f"could not read the Prometheus targets: {error}")
-                targets = None
-            memory = {"idle": megabytes(idle), "peak": megabytes(peak.peak)}
-            if not pids:
-                notes.append("memory not measured: the provider did not start the processes")
 
-            # last: it breaks the stack on purpose, after every figure has been read
-            started = time.monotonic()
-            recovery = self._recovery_drill(stack, supervisor)
-            timings["recovery drill"] = time.monotonic() - started
-
-        drill_failed = recovery.status is DrillStatus.FAIL
+        drill_failed = drill.status is DrillStatus.FAIL
         if drill_failed:
-            notes.append(f"the recovery drill failed: the verdict is no-go ({recovery.reason})")
+            notes.append(f"the resilience drill failed: the verdict is no-go ({drill.reason})")
         return GateResult(
             run_id=self.run_id,
             profile=self.config.profile,
@@ -291,7 +304,7 @@ class GateRun:
             sample_queries=readings.sample_queries,
             target_uptime=readings.targets,
             cross_checks=tuple(cross_check(results, client)),
-            acceptance=tuple(assess(CRITERIA, suites, results, recovery)),
+            acceptance=tuple(assess(CRITERIA, suites, results, drill)),
             suites=suites,
             client=client,
             memory_mb=memory,
@@ -301,7 +314,7 @@ class GateRun:
             + (("the suites failed: the verdict is no-go",) if suites and not suites.ok else ()),
             timings_s=timings,
             baseline_from=baseline_from,
-            recovery=recovery,
+            recovery=drill,
             endpoint_p95_ms=endpoint_p95_ms,
         )
 
@@ -321,15 +334,28 @@ class GateRun:
             return {}
         return {label: value * 1000 for label, value in sorted(by_route.items())}
 
-    def _recovery_drill(self, stack: Stack, supervisor: Supervisor | None) -> RecoveryResult:
+    def _drill(
+        self,
+        stack: Stack,
+        supervisor: Supervisor | None,
+        load: LoadRunConfig,
+        users: int,
+        reader: PrometheusReader,
+    ) -> DrillResult:
         if not self.config.recovery_drill:
-            self.progress("recovery drill: skipped (--no-recovery-drill)")
-            return RecoveryResult.not_verifiable("the drill was skipped (--no-recovery-drill)")
-        self.progress(
-            "recovery drill: kill -9 a service instance, then PostgreSQL; "
-            "time until the platform serves again"
+            self.progress("resilience drill: skipped (--no-drill)")
+            return DrillResult.not_verifiable("the drill was skipped (--no-drill)")
+        plan = DrillPlan.for_users(
+            users, short=self.config.drill_plan == "short", hold_s=self.config.drill_hold_s
         )
-        return run_recovery_drill(stack, supervisor, progress=self.progress)
+        drill_load = dataclasses.replace(
+            load, profile="resilience", out_dir=self.out_dir / "drill", target_users=users
+        )
+        result, _ = run_drill_under_load(
+            stack, supervisor, plan, load=drill_load, reader=reader, progress=self.progress
+        )
+        self.progress(f"resilience drill: {result.status.value}: {result.reason}")
+        return result
 
     def _wait_for_last_scrape(self, reader: PrometheusReader, end: float) -> None:
         """Wait until Prometheus has scraped past the end of the window."""
@@ -375,5 +401,5 @@ class GateRun:
             if not r.verifiable:
                 self.progress(f"    {r.reason}")
         if (drill := result.recovery) is not None:
-            self.progress(f"  recovery drill {drill.status.value}: {drill.reason}")
+            self.progress(f"  resilience drill {drill.status.value}: {drill.reason}")
         self.progress(f"report: {paths['html']}")
