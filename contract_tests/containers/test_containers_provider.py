@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import psycopg
@@ -20,13 +23,14 @@ import pytest
 import redis
 
 from harness.deployment import redis_key_survives_a_crash
-from harness.exceptions import ComponentStartError
+from harness.exceptions import ComponentStartError, FaultNotSupported
 from harness.images import ImageConfig
 from harness.processes import free_port, wait_until
 from harness.prometheus_api import wait_for_stack_targets
 from harness.providers import RunningStack
 from harness.providers.containers import RUN_LABEL, ContainersStackConfig, containers_stack
-from harness.providers.haproxy import server_rows
+from harness.providers.haproxy import HAProxySettings, server_rows
+from harness.providers.netfaults import prohibited
 from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password, login_body
 
 pytestmark = [pytest.mark.docker]
@@ -192,6 +196,144 @@ def test_a_frozen_redis_is_thawed(running):
     supervisor.resume("redis")
     assert not supervisor.container("redis").state()["Paused"]
     assert "redis" in supervisor.evidence("redis")
+
+
+def _ready_status(url: str) -> int | None:
+    """``GET {url}/ready``'s status through the instance's published port (``None``:
+    no answer within 5 s)."""
+    try:
+        return httpx.get(f"{url}/ready", timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
+@contextmanager
+def _requests_meanwhile(client: httpx.Client, path: str, headers: dict) -> Iterator[list]:
+    """``GET path`` over and over in a thread while the block runs; ``(status,
+    seconds)`` of each (status ``None``: no answer) in the yielded list, complete
+    once the block is over."""
+    answered: list[tuple[int | None, float]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status: int | None = client.get(path, headers=headers).status_code
+            except httpx.HTTPError:
+                status = None
+            answered.append((status, time.monotonic() - started))
+            stop.wait(0.05)
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+
+
+def _auth_states(stack) -> dict[str, str]:
+    rows = server_rows(httpx.get(f"{stack.haproxy_stats_url};csv", timeout=5).text)
+    return {name: row["status"] for name, row in rows.items() if name.startswith("auth/")}
+
+
+def test_an_instance_cut_off_from_postgres_and_redis_leaves_rotation_and_rejoins(running, gateway):
+    """Behaviour, not configuration: auth-1 loses PostgreSQL and Redis while auth-2
+    keeps them; its /ready turns 503, HAProxy takes exactly it out within the
+    stated worst case, users are served by auth-2; rejoined, it is back UP."""
+    stack, supervisor = running.stack, running.supervisor
+    auth_1, auth_2 = stack.service_instances["auth"]
+    headers = {"Authorization": f"Bearer {_token(gateway, running)}"}
+    both_up = {"auth/auth-1": "UP", "auth/auth-2": "UP"}
+    wait_until(lambda: _auth_states(stack) == both_up, timeout=30, what="auth-1, auth-2 UP")
+    stated = HAProxySettings().worst_case_down_s(check_takes_s=2)
+
+    started = time.monotonic()
+    supervisor.isolate("auth-1", from_=("postgres", "redis"))
+    cut = time.monotonic() - started
+    assert supervisor.faults == {"auth-1": "isolated from postgres, redis"}
+    assert sorted(prohibited(supervisor.pid("auth-1"), component="auth-1")) == sorted(
+        [supervisor.address("postgres"), supervisor.address("redis")]
+    )
+    wait_until(
+        lambda: _ready_status(auth_1) == 503, timeout=15, what="auth-1 /ready 503", interval=0.1
+    )
+    ready_503 = time.monotonic() - started
+    with _requests_meanwhile(gateway, "/auth/me", headers) as answered:
+        wait_until(
+            lambda: _auth_states(stack) == {"auth/auth-1": "DOWN", "auth/auth-2": "UP"},
+            timeout=stated + 10,
+            what="HAProxy to mark auth-1 DOWN and keep auth-2 UP",
+            interval=0.05,
+        )
+    down = time.monotonic() - started
+    assert _ready_status(auth_2) == 200
+    answers = [gateway.get("/auth/me", headers=headers).status_code for _ in range(20)]
+    assert answers == [200] * 20, answers
+    checks = httpx.get(f"{auth_1}/ready", timeout=5).json()["checks"]
+    assert {checks["postgres"]["status"], checks["redis"]["status"]} == {"down"}, checks
+
+    started = time.monotonic()
+    supervisor.rejoin("auth-1")
+    assert supervisor.faults == {}
+    assert prohibited(supervisor.pid("auth-1"), component="auth-1") == []
+    wait_until(lambda: _ready_status(auth_1) == 200, timeout=30, what="auth-1 /ready 200")
+    ready_again = time.monotonic() - started
+    wait_until(lambda: _auth_states(stack) == both_up, timeout=30, what="auth-1 back UP")
+    up_again = time.monotonic() - started
+    _say(
+        f"isolate auth-1: routes in {cut:.2f} s, /ready 503 after {ready_503:.2f} s, "
+        f"DOWN in HAProxy after {down:.2f} s (stated worst case {stated:.1f} s); "
+        f"meanwhile {len(answered)} requests, answered {Counter(a for a, _ in answered)}, "
+        f"the slowest in {max(t for _, t in answered):.2f} s; "
+        f"rejoined: /ready 200 after "
+        f"{ready_again:.2f} s, UP after {up_again:.2f} s"
+    )
+    assert down <= stated + 1.0, f"auth-1 DOWN after {down:.2f} s, stated {stated:.1f} s"
+
+
+def test_delay_adds_latency_or_says_the_kernel_has_no_netem(running):
+    supervisor = running.supervisor
+    url = running.stack.service_instances["auth"][0]
+    try:
+        supervisor.delay("auth-1", ms=200)
+    except FaultNotSupported as error:
+        message = str(error)
+        _say(f"delay: {message}")
+        assert "netem delay 200ms" in message and "auth-1" in message, message
+        # what tc itself answers on a kernel without sch_netem, word for word
+        assert "Error: Specified qdisc kind is unknown." in message, message
+        assert supervisor.faults == {}
+        return
+    try:
+        started = time.monotonic()
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert time.monotonic() - started >= 0.2
+    finally:
+        supervisor.undelay("auth-1")
+    assert supervisor.faults == {}
+
+
+def test_undo_faults_thaws_and_reconnects_what_the_supervisor_broke(running):
+    supervisor = running.supervisor
+    url = running.stack.service_instances["users"][0]
+    supervisor.isolate("users-1", from_=("postgres",))
+    supervisor.pause("redis-exporter")
+    assert supervisor.faults == {
+        "redis-exporter": "paused",
+        "users-1": "isolated from postgres",
+    }
+    assert "isolated from postgres by the supervisor" in supervisor.evidence("users-1")
+    pid = supervisor.pid("users-1")
+    assert prohibited(pid, component="users-1") == [supervisor.address("postgres")]
+
+    assert sorted(supervisor.undo_faults()) == ["redis-exporter resumed", "users-1 rejoined"]
+    assert supervisor.faults == {}
+    assert prohibited(pid, component="users-1") == []
+    assert not supervisor.container("redis-exporter").state()["Paused"]
+    wait_until(lambda: _ready_status(url) == 200, timeout=30, what="users-1 /ready 200")
 
 
 def test_a_failed_start_names_the_component_with_its_log_and_leaves_nothing(docker_engine):

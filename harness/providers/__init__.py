@@ -12,7 +12,9 @@ The contract: a caller says what it wants in a ``StackRequest`` (resolved
 once, frozen); ``open_stack(request)`` is a context manager yielding a
 ``RunningStack``: the ``Stack`` (where everything listens) and, for the
 providers that started it, a ``Supervisor`` that can kill, freeze, resume and
-restart components and name every process it started. Nothing above this
+restart components, cut one off from others or slow its network (where the
+provider can: ``FaultNotSupported`` otherwise), undo every fault it caused,
+and name every process it started. Nothing above this
 module branches on provider names::
 
     with open_stack(StackRequest(provider="containers")) as running:
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,38 @@ class Supervisor(Protocol):
 
     def pids(self) -> list[int]:
         """Host pids of every process the provider started (for the memory figures)."""
+        ...
+
+    def isolate(self, component: str, *, from_: Sequence[str]) -> None:
+        """Cut the component off from the components ``from_`` (``isolate("auth-1",
+        from_=("postgres", "redis"))``) while everything else still reaches it and
+        it reaches everything else; ``FaultNotSupported`` where the provider cannot
+        (the local provider: one network namespace for every process)."""
+        ...
+
+    def rejoin(self, component: str) -> None:
+        """Undo ``isolate``."""
+        ...
+
+    def delay(self, component: str, *, ms: int) -> None:
+        """Add ``ms`` of latency to what the component sends (netem);
+        ``FaultNotSupported`` where it cannot be done, with the reason."""
+        ...
+
+    def undelay(self, component: str) -> None:
+        """Undo ``delay``."""
+        ...
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """What this supervisor broke and has not undone: ``{component: what}``."""
+        ...
+
+    def undo_faults(self, *, restart_killed: bool = True) -> list[str]:
+        """Thaw, reconnect, undelay and (``restart_killed``) restart everything this
+        supervisor broke; one line per thing undone. The provider calls it (without
+        restarts) before it stops the stack, so an interrupted drill leaves nothing
+        frozen or cut off."""
         ...
 
 

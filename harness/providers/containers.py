@@ -49,7 +49,7 @@ from harness.exceptions import ComponentStartError, ConfigurationError, WaitTime
 from harness.images import ImageConfig, ensure_images
 from harness.keys import generate_jwt_keys
 from harness.processes import LOOPBACK, free_ports, wait_until
-from harness.providers import RunningStack
+from harness.providers import RunningStack, netfaults
 from harness.providers.database import (
     APP_ROLE,
     DATABASE,
@@ -271,6 +271,23 @@ class LogFollower(threading.Thread):
         self.stopped.set()
 
 
+@dataclass(frozen=True)
+class _Isolation:
+    """Routes added in one container's network namespace (that of ``pid``)."""
+
+    pid: int
+    peers: tuple[tuple[str, str], ...]  # (component, address)
+
+
+@dataclass(frozen=True)
+class _Delay:
+    """A netem qdisc on one container's interface (in the namespace of ``pid``)."""
+
+    pid: int
+    device: str
+    ms: int
+
+
 class ContainersSupervisor:
     """The containers provider's ``Supervisor``.
 
@@ -281,6 +298,21 @@ class ContainersSupervisor:
     volume, so the same data) and waits for the component's readiness.
     ``pause``/``resume`` are ``docker pause``/``unpause`` (SIGSTOP for the
     whole container).
+
+    Network faults act inside one container's network namespace, from the host
+    (``harness.providers.netfaults``): ``isolate(c, from_=...)`` adds a
+    ``prohibit`` route to each named peer's address on the run's network, so
+    ``c`` cannot reach them while everything else (HAProxy's checks of ``c``,
+    ``c``'s own peers) is untouched; ``rejoin`` deletes those routes.
+    ``delay`` adds netem latency to ``c``'s egress (``FaultNotSupported`` with
+    ``tc``'s words on a kernel without netem). The routes live in the
+    container's namespace: a restart of ``c`` (new namespace) ends its
+    isolation, and a peer restarted at a new address is no longer cut off.
+
+    The supervisor remembers what it broke (paused, killed and not restarted,
+    isolated, delayed); ``undo_faults()`` undoes all of it, and the provider
+    calls it (without restarting what was killed) before removing the run,
+    also after Ctrl-C.
     """
 
     def __init__(
@@ -289,14 +321,36 @@ class ContainersSupervisor:
         *,
         log_dir: Path,
         restart_timeout_s: float,
+        network: str = "",
     ) -> None:
         self._containers = {c.component: c for c in containers}
         self.log_dir = log_dir
         self.restart_timeout_s = restart_timeout_s
+        self.network = network
+        self._paused: set[str] = set()
+        self._killed: set[str] = set()
+        self._isolated: dict[str, _Isolation] = {}
+        self._delayed: dict[str, _Delay] = {}
 
     @property
     def components(self) -> tuple[str, ...]:
         return tuple(self._containers)
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """What the supervisor broke and has not undone: ``{component: what}``
+        (``killed``, ``paused``, ``isolated from postgres, redis``, ``delayed 200 ms``)."""
+        found: dict[str, list[str]] = {}
+        for name in self._killed:
+            found.setdefault(name, []).append("killed")
+        for name in self._paused:
+            found.setdefault(name, []).append("paused")
+        for name, isolation in self._isolated.items():
+            peers = ", ".join(peer for peer, _ in isolation.peers)
+            found.setdefault(name, []).append(f"isolated from {peers}")
+        for name, delay in self._delayed.items():
+            found.setdefault(name, []).append(f"delayed {delay.ms} ms")
+        return {name: "; ".join(what) for name, what in sorted(found.items())}
 
     def container(self, component: str) -> StackContainer:
         try:
@@ -312,18 +366,36 @@ class ContainersSupervisor:
     def pids(self) -> list[int]:
         return [pid for name in self._containers if (pid := self.pid(name)) is not None]
 
+    def address(self, component: str) -> str:
+        """The component's IP address on the run's network (it may change on a restart)."""
+        docker = self.container(component).docker
+        docker.reload()
+        networks = docker.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        address = (networks.get(self.network) or {}).get("IPAddress")
+        if not address:
+            raise ConfigurationError(
+                f"{component} has no address on network {self.network!r} "
+                f"(its networks: {sorted(networks)}; is it running?)"
+            )
+        return str(address)
+
     def kill(self, component: str) -> int | None:
         pid = self.pid(component)
         if pid is None:
             return None
         self.container(component).docker.kill(signal="SIGKILL")
+        self._killed.add(component)
+        self._forget_network_faults(component)  # its namespace died with it
+        self._paused.discard(component)
         return pid
 
     def pause(self, component: str) -> None:
         self.container(component).docker.pause()
+        self._paused.add(component)
 
     def resume(self, component: str) -> None:
         self.container(component).docker.unpause()
+        self._paused.discard(component)
 
     def restart(self, component: str, *, timeout_s: float | None = None) -> None:
         timeout = self.restart_timeout_s if timeout_s is None else timeout_s
@@ -334,6 +406,7 @@ class ContainersSupervisor:
             target.docker.unpause()
         elif not state.get("Running") and not state.get("Restarting"):
             target.docker.start()
+        self._paused.discard(component)
 
         def running() -> bool:
             now = target.state()
@@ -346,6 +419,97 @@ class ContainersSupervisor:
             raise ComponentStartError(
                 component, f"not back after a restart: {error}", log_tail=target.log_tail()
             ) from None
+        self._killed.discard(component)
+
+    def isolate(self, component: str, *, from_: Sequence[str]) -> None:
+        """Cut ``component`` off from the components ``from_`` (a ``prohibit`` route to
+        each one's address, in ``component``'s network namespace); the rest of its
+        traffic, and everyone's traffic to it, flows as before. Adds to an earlier
+        isolation of the same component."""
+        peers = tuple(dict.fromkeys(from_))
+        if not peers:
+            raise ConfigurationError(f"isolate {component}: name the components to cut it from")
+        for peer in (component, *peers):
+            self.container(peer)
+        if component in peers:
+            raise ConfigurationError(f"isolate {component}: not from itself")
+        pid = self._running_pid(component, "isolate")
+        addresses = tuple((peer, self.address(peer)) for peer in peers)
+        netfaults.cut_off(pid, [address for _, address in addresses], component=component)
+        earlier = self._isolated.get(component)
+        kept = earlier.peers if earlier is not None and earlier.pid == pid else ()
+        merged = dict(kept) | dict(addresses)
+        self._isolated[component] = _Isolation(pid, tuple(merged.items()))
+
+    def rejoin(self, component: str) -> None:
+        """Delete the routes ``isolate`` added (nothing to do when its namespace is
+        gone: a restarted container starts with a fresh one)."""
+        isolation = self._isolated.pop(component, None)
+        self.container(component)
+        if isolation is None or self.pid(component) != isolation.pid:
+            return
+        netfaults.reconnect(
+            isolation.pid, [address for _, address in isolation.peers], component=component
+        )
+
+    def delay(self, component: str, *, ms: int) -> None:
+        """Add ``ms`` of latency to everything ``component`` sends on the run's network
+        (netem); ``FaultNotSupported`` with ``tc``'s words where netem is missing."""
+        if not isinstance(ms, int) or not 1 <= ms <= 60_000:
+            raise ConfigurationError(f"delay {component}: ms must be 1..60000, not {ms!r}")
+        pid = self._running_pid(component, f"delay ({ms} ms)")
+        device = netfaults.add_delay(pid, self.address(component), ms, component=component)
+        self._delayed[component] = _Delay(pid, device, ms)
+
+    def undelay(self, component: str) -> None:
+        """Remove the latency ``delay`` added (nothing to do after a restart)."""
+        delay = self._delayed.pop(component, None)
+        self.container(component)
+        if delay is None or self.pid(component) != delay.pid:
+            return
+        netfaults.remove_delay(delay.pid, delay.device, component=component)
+
+    def undo_faults(self, *, restart_killed: bool = True) -> list[str]:
+        """Thaw, rejoin and undelay everything this supervisor broke and (with
+        ``restart_killed``) restart what it killed; what was undone, as lines.
+
+        Tries them all; the first failure is raised at the end, with the others
+        as notes. Thawing comes first: a frozen container cannot be stopped
+        gracefully, and ``nsenter`` into a frozen namespace still works.
+        """
+        done: list[str] = []
+        errors: list[BaseException] = []
+
+        def attempt(line: str, action: Any, *args: Any) -> None:
+            try:
+                action(*args)
+                done.append(line)
+            except Exception as error:
+                errors.append(error)
+
+        for component in sorted(self._paused):
+            attempt(f"{component} resumed", self.resume, component)
+        for component in sorted(self._isolated):
+            attempt(f"{component} rejoined", self.rejoin, component)
+        for component in sorted(self._delayed):
+            attempt(f"{component} undelayed", self.undelay, component)
+        for component in sorted(self._killed) if restart_killed else ():
+            attempt(f"{component} restarted", self.restart, component)
+        if errors:
+            for other in errors[1:]:
+                errors[0].add_note(f"also: {other}")
+            raise errors[0]
+        return done
+
+    def _running_pid(self, component: str, fault: str) -> int:
+        pid = self.pid(component)
+        if pid is None:
+            raise ConfigurationError(f"cannot {fault} {component}: it is not running")
+        return pid
+
+    def _forget_network_faults(self, component: str) -> None:
+        self._isolated.pop(component, None)
+        self._delayed.pop(component, None)
 
     def evidence(self, component: str, *, lines: int = 15) -> str:
         target = self.container(component)
@@ -353,6 +517,8 @@ class ContainersSupervisor:
         status = state.get("Status", "?")
         if state.get("Running"):
             status += f", pid {state.get('Pid')}"
+        if fault := self.faults.get(component):
+            status += f"; {fault} by the supervisor"
         ports = ", ".join(f"127.0.0.1:{h}->{c}" for c, h in target.published.items()) or "none"
         tail = target.log_tail(lines).rstrip() or "(empty)"
         return (
@@ -486,12 +652,22 @@ def containers_stack(
             },
         )
         supervisor = ContainersSupervisor(
-            run.started, log_dir=run.log_dir, restart_timeout_s=config.startup_timeout_s
+            run.started,
+            log_dir=run.log_dir,
+            restart_timeout_s=config.startup_timeout_s,
+            network=run.network.name,
         )
         say(f"stack ready in {cold_start:.2f} s ({len(run.started)} containers)")
         resources.callback(say, "removing the containers")
+        # First thing on exit (Ctrl-C included): thaw and reconnect what a drill broke.
+        resources.callback(_undo_before_removing, supervisor, say)
         outcome["started"] = True
         yield RunningStack(stack, supervisor)
+
+
+def _undo_before_removing(supervisor: ContainersSupervisor, say: Progress) -> None:
+    for line in supervisor.undo_faults(restart_killed=False):
+        say(f"before removing: {line}")
 
 
 def _start_database(run: _Run) -> _Database:

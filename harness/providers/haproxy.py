@@ -81,8 +81,11 @@ class HAProxySettings:
     (``worst_case_down_s``): a killed instance (refused at once) is DOWN
     within ``check_interval + (fall - 1) * fast_interval`` (1.5 s by default);
     one whose ``/ready`` takes up to ``check_timeout`` to say 503 (its probes of
-    PostgreSQL and Redis wait 2 s) within that plus ``fall * check_timeout``
-    (5.5 s).
+    PostgreSQL and Redis give up after 1.5-2 s) within that plus
+    ``fall * check_timeout`` (5.5 s). A check starts ``check_interval`` (or
+    ``fast_interval``) after the previous one ended. Measured on 2 busy cores:
+    killed 1.5 s; frozen 5.3 s; cut off from PostgreSQL and Redis 4.2-4.7 s
+    (its /ready said 503 in 1.5 s), 5.8 s while requests kept it busy.
     """
 
     check_interval: str = "1s"
