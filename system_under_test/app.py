@@ -3,6 +3,11 @@
 ``create_app(service, settings)`` wires the service's routes with the common
 ones (/health, /ready, /metrics, /openapi.json), the middlewares, the
 PostgreSQL pool, Redis and the token signer.
+
+Every authenticated request checks that its session was not signed out: in
+Redis (the revoked-family marks), or, while Redis is away, in PostgreSQL
+(``sessions.revoked_at``, which every revocation writes too): the check is
+never skipped (docs/platform.md, "When a dependency is away").
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from system_under_test import SERVICES, metrics
 from system_under_test.config import Settings
 from system_under_test.db import Database, TenantContext
-from system_under_test.errors import Unauthorized
+from system_under_test.errors import StoreUnavailable, Unauthorized
 from system_under_test.faults import announce, injected_statuses, with_faults
 from system_under_test.middleware import build_middlewares
+from system_under_test.redisguard import RedisGuard, connect_redis
 from system_under_test.routing import (
     JSON_OBJECT,
     PROMETHEUS_TEXT,
@@ -53,6 +59,15 @@ VALUES (
 """
 
 
+#: The revocation check's fallback: a family is signed out when one of its
+#: sessions is revoked (logout and reuse detection revoke them all at once).
+FAMILY_REVOKED_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM atendeai.sessions WHERE family_id = %s AND revoked_at IS NOT NULL
+) AS revoked
+"""
+
+
 def revoked_family_key(family: object) -> str:
     return f"atendeai:revoked-family:{family}"
 
@@ -65,6 +80,7 @@ class Platform:
     settings: Settings
     db: Database
     redis: Redis
+    redis_guard: RedisGuard
     signer: TokenSigner
 
     async def authenticate(self, request: web.Request) -> Principal:
@@ -83,9 +99,22 @@ class Platform:
                 code="invalid_token",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             ) from None
-        if await self.redis.exists(revoked_family_key(principal.session_family)):
+        if await self.session_revoked(principal):
             raise Unauthorized("this session was signed out", code="invalid_token")
         return principal
+
+    async def session_revoked(self, principal: Principal) -> bool:
+        """The Redis mark of the session's family; PostgreSQL's record while Redis is away."""
+        try:
+            async with self.redis_guard.available("session check") as redis:
+                return bool(await redis.exists(revoked_family_key(principal.session_family)))
+        except StoreUnavailable:
+            pass
+        context = TenantContext(clinic_id=principal.clinic_id, user_id=principal.user_id)
+        async with self.db.tenant(context) as conn:
+            cursor = await conn.execute(FAMILY_REVOKED_SQL, (principal.session_family,))
+            row = await cursor.fetchone()
+        return bool(row and row["revoked"])
 
     async def audit_denied(self, request: web.Request, principal: Principal, route: Route) -> None:
         call = Call(request, self, None, principal)
@@ -136,7 +165,8 @@ def common_routes(service: str, service_routes: list[Route]) -> list[Route]:
         platform = call.platform
         checks = dict(
             await asyncio.gather(
-                _check("postgres", platform.db.ping), _check("redis", platform.redis.ping)
+                _check("postgres", platform.db.ping),
+                _check("redis", platform.redis_guard.ping),
             )
         )
         ok = all(c.status == "ok" for c in checks.values())
@@ -159,6 +189,7 @@ def common_routes(service: str, service_routes: list[Route]) -> list[Route]:
             "Liveness: the process answers",
             PUBLIC,
             responses={200: Liveness},
+            uses_dependencies=False,
         ),
         Route(
             "GET",
@@ -175,9 +206,16 @@ def common_routes(service: str, service_routes: list[Route]) -> list[Route]:
             "Prometheus metrics (text format)",
             PUBLIC,
             responses={200: PROMETHEUS_TEXT},
+            uses_dependencies=False,
         ),
         Route(
-            "GET", "/openapi.json", openapi, "This document", PUBLIC, responses={200: JSON_OBJECT}
+            "GET",
+            "/openapi.json",
+            openapi,
+            "This document",
+            PUBLIC,
+            responses={200: JSON_OBJECT},
+            uses_dependencies=False,
         ),
     ]
 
@@ -193,22 +231,27 @@ def create_app(service: str, settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=build_middlewares(settings), client_max_size=settings.max_body_bytes
     )
+    faults = settings.faults
+    redis = connect_redis(
+        settings.redis_url,
+        max_connections=settings.redis_pool_max,
+        timeout_s=settings.redis_timeout_seconds,
+    )
     platform = Platform(
         service=service,
         settings=settings,
         db=Database(
-            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            deadline_s=settings.db_deadline_seconds,
+            acquire_timeout_s=settings.db_acquire_timeout_seconds,
+            connect_timeout_s=settings.db_connect_timeout_seconds,
+            # ATENDEAI_FAULTS stuck_after_db_error: a DEFECT on purpose (tests only)
+            stuck_after_error=faults.stuck_after_db_error((r.method, r.path) for r in routes),
         ),
-        # Blocking: a burst waits up to 5 s for a free connection instead of
-        # failing with MaxConnectionsError (the default pool's answer past 100).
-        redis=Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=settings.redis_pool_max,
-                timeout=5,
-                decode_responses=True,
-            )
-        ),
+        redis=redis,
+        redis_guard=RedisGuard(redis, breaker_s=settings.redis_breaker_seconds),
         signer=TokenSigner(
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
@@ -217,7 +260,6 @@ def create_app(service: str, settings: Settings) -> web.Application:
         ),
     )
     app[PLATFORM_KEY] = platform
-    faults = settings.faults
     metrics.initialise(
         service,
         VERSION,
@@ -225,7 +267,13 @@ def create_app(service: str, settings: Settings) -> web.Application:
             (
                 r.method,
                 r.path,
-                {*r.responses, *r.errors, 500, *injected_statuses(faults, r.method, r.path)},
+                {
+                    *r.responses,
+                    *r.errors,
+                    500,
+                    *((503,) if r.uses_dependencies else ()),
+                    *injected_statuses(faults, r.method, r.path),
+                },
             )
             for r in routes
         ],

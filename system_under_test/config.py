@@ -7,6 +7,7 @@ package reads ``os.environ``.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,7 +61,14 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 10
+    # PostgreSQL away or frozen: fast 503s, never a hang (system_under_test.db)
+    db_deadline_seconds: float = 5.0  # one transaction: connection, statements, commit
+    db_acquire_timeout_seconds: float = 2.0  # waiting for a pooled connection
+    db_connect_timeout_seconds: int = 2  # libpq connect_timeout of a new connection
     redis_pool_max: int = 50
+    # Redis away or frozen: short timeouts, then skipped for a while (system_under_test.redisguard)
+    redis_timeout_seconds: float = 0.5  # connect, and each command's answer
+    redis_breaker_seconds: float = 1.0  # after a failure, Redis is not asked for this long
     clinic_cache_ttl_seconds: int = 300
     service_urls: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
@@ -87,6 +95,19 @@ class Settings:
                 raise ConfigError(f"{name}={text!r}: expected a whole number") from None
             if value < minimum:
                 raise ConfigError(f"{name}={value}: must be at least {minimum}")
+            return value
+
+        def seconds(name: str, default: float, *, allow_zero: bool = False) -> float:
+            text = env.get(name)
+            if text is None or text.strip() == "":
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"{name}={text!r}: expected seconds, e.g. 0.5") from None
+            if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+                least = "0 or more" if allow_zero else "more than 0"
+                raise ConfigError(f"{name}={text!r}: must be {least} seconds")
             return value
 
         def read_key(name: str) -> str:
@@ -149,7 +170,20 @@ class Settings:
             max_body_bytes=integer("ATENDEAI_MAX_BODY_BYTES", cls.max_body_bytes),
             db_pool_min=integer("ATENDEAI_DB_POOL_MIN", cls.db_pool_min),
             db_pool_max=integer("ATENDEAI_DB_POOL_MAX", cls.db_pool_max),
+            db_deadline_seconds=seconds("ATENDEAI_DB_DEADLINE_SECONDS", cls.db_deadline_seconds),
+            db_acquire_timeout_seconds=seconds(
+                "ATENDEAI_DB_ACQUIRE_TIMEOUT_SECONDS", cls.db_acquire_timeout_seconds
+            ),
+            db_connect_timeout_seconds=integer(
+                "ATENDEAI_DB_CONNECT_TIMEOUT_SECONDS", cls.db_connect_timeout_seconds
+            ),
             redis_pool_max=integer("ATENDEAI_REDIS_POOL_MAX", cls.redis_pool_max),
+            redis_timeout_seconds=seconds(
+                "ATENDEAI_REDIS_TIMEOUT_SECONDS", cls.redis_timeout_seconds
+            ),
+            redis_breaker_seconds=seconds(
+                "ATENDEAI_REDIS_BREAKER_SECONDS", cls.redis_breaker_seconds, allow_zero=True
+            ),
             clinic_cache_ttl_seconds=integer(
                 "ATENDEAI_CLINIC_CACHE_TTL_SECONDS", cls.clinic_cache_ttl_seconds
             ),

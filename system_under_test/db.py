@@ -3,20 +3,69 @@
 The tenant is set per transaction with ``atendeai.set_request_context`` (which
 uses ``set_config(..., true)``), never per session, so a pooled connection
 carries nothing from one request to the next.
+
+PostgreSQL away (killed, frozen, restarting) costs a request a bounded time
+and answers ``DatabaseUnavailable`` (503 ``database_unavailable``), never a hang:
+
+- waiting for a pooled connection is bounded (``acquire_timeout_s``), and so
+  is connecting a new one (libpq ``connect_timeout``);
+- a transaction has a deadline (``deadline_s``) from the moment it asks for
+  a connection: when it passes, the connection's socket is shut down, so a
+  statement waiting on a frozen server fails at once with a broken connection
+  (libpq has no read timeout; cancelling the task would make psycopg ask the
+  frozen server to cancel the query and wait up to 10 s more);
+- a connection that broke is never reused: the pool discards it when it comes
+  back, and the first broken one found also drains the pool's idle ones (after
+  a PostgreSQL restart they are all dead), so the service serves again as
+  soon as PostgreSQL answers, with no check query on each request; a pooled
+  connection found dead at ``BEGIN`` (nothing sent yet) is swapped for another
+  once, so a restart costs no request that arrives after it;
+- the pool gives up a failed reconnection after ``RECONNECT_GIVE_UP_S`` and
+  starts a fresh one when a request needs it, so its backoff never grows
+  longer than a few seconds.
+
+Only a broken connection or no connection in time is "unavailable": an
+``OperationalError`` on a live connection (a deadlock, a serialization
+failure) is the query's own error, answered as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from uuid import UUID
 
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from system_under_test.errors import DatabaseUnavailable
 from system_under_test.metrics import DB_POOL_CONNECTIONS
+
+log = logging.getLogger("atendeai.db")
+
+#: ``Retry-After`` of a ``database_unavailable`` answer (the pool retries connecting every 1-2 s).
+RETRY_AFTER_S = 2
+#: How long the pool keeps retrying one failed connection before it gives up
+#: (and connects afresh when a request needs one): its backoff stays short.
+RECONNECT_GIVE_UP_S = 4.0
+#: ``/ready``'s PostgreSQL check: within the 2 s the probe allows.
+PING_DEADLINE_S = 1.5
+#: At most one drain of the pool per this many seconds.
+DRAIN_INTERVAL_S = 1.0
+
+#: Set by ``discard_commits()``: this request's transactions roll back where
+#: they would commit (the ``ack_uncommitted`` defect of ``ATENDEAI_FAULTS``).
+_COMMITS_DISCARDED: ContextVar[bool] = ContextVar("atendeai_commits_discarded", default=False)
 
 
 @dataclass(frozen=True)
@@ -44,13 +93,59 @@ async def set_context(conn: AsyncConnection, context: TenantContext) -> None:
     )
 
 
+@contextmanager
+def discard_commits() -> Iterator[None]:
+    """Within this block (this request's task), transactions roll back instead of
+    committing, and say nothing: a DEFECT on purpose, for ``ATENDEAI_FAULTS``
+    ``ack_uncommitted`` only."""
+    token = _COMMITS_DISCARDED.set(True)
+    try:
+        yield
+    finally:
+        _COMMITS_DISCARDED.reset(token)
+
+
+def _sever(conn: AsyncConnection) -> None:
+    """Shut the connection's socket down: whatever waits on it fails at once."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:  # already closed
+        return
+    with suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class Database:
-    def __init__(self, dsn: str, *, min_size: int, max_size: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int,
+        max_size: int,
+        deadline_s: float = 5.0,
+        acquire_timeout_s: float = 2.0,
+        connect_timeout_s: int = 2,
+        stuck_after_error: bool = False,
+    ) -> None:
+        self.deadline_s = deadline_s
+        self.acquire_timeout_s = acquire_timeout_s
+        #: ``ATENDEAI_FAULTS`` ``stuck_after_db_error`` (a DEFECT on purpose): the
+        #: first time the database is unavailable, close the pool for good.
+        self.stuck_after_error = stuck_after_error
+        self._stuck = False
+        self._last_drain = -DRAIN_INTERVAL_S
+        self._tasks: set[asyncio.Task] = set()
         self.pool = AsyncConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "connect_timeout": connect_timeout_s,
+            },
+            timeout=acquire_timeout_s,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             open=False,
             name="atendeai",
         )
@@ -67,22 +162,143 @@ class Database:
         await self.pool.open(wait=False)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self.pool.close()
 
     @asynccontextmanager
     async def tenant(self, context: TenantContext) -> AsyncIterator[AsyncConnection]:
         """A transaction in which RLS shows only ``context.clinic_id``'s rows."""
-        async with self.pool.connection() as conn, conn.transaction():
-            await set_context(conn, context)
+        async with self._transaction(context) as conn:
             yield conn
 
     @asynccontextmanager
     async def unscoped(self) -> AsyncIterator[AsyncConnection]:
         """A transaction with no tenant: RLS shows nothing; only the SECURITY
         DEFINER look-ups (login by email, platform listing) answer here."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction(None) as conn:
             yield conn
 
     async def ping(self) -> None:
-        async with self.pool.connection(timeout=2) as conn:
-            await conn.execute("SELECT 1")
+        """``SELECT 1`` within ``PING_DEADLINE_S``; ``DatabaseUnavailable`` otherwise."""
+        async with self._checked_out("SELECT 1", min(PING_DEADLINE_S, self.deadline_s)):
+            pass
+
+    # --- the machinery ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _transaction(self, context: TenantContext | None) -> AsyncIterator[AsyncConnection]:
+        async with self._checked_out("BEGIN", self.deadline_s) as conn:
+            try:
+                if context is not None:
+                    await set_context(conn, context)
+                yield conn
+            except BaseException:
+                if conn.pgconn.transaction_status in (
+                    TransactionStatus.INTRANS,
+                    TransactionStatus.INERROR,
+                ):
+                    with suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                raise
+            if _COMMITS_DISCARDED.get():
+                log.warning(
+                    "ATENDEAI_FAULTS ack_uncommitted: transaction ROLLED BACK on purpose; "
+                    "the response will say it was saved"
+                )
+                await conn.execute("ROLLBACK")
+            else:
+                await conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def _checked_out(self, first: str, deadline_s: float) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection on which ``first`` has run, severed when the deadline passes.
+
+        A pooled connection that turns out dead at ``first`` (PostgreSQL was
+        restarted under it; nothing was done on it yet) is replaced, once, after
+        the pool's other idle connections (as dead) are dropped. A broken
+        connection or no connection in time is ``DatabaseUnavailable``.
+        """
+        if self._stuck:
+            raise DatabaseUnavailable(
+                "the database is unavailable; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        conn = await self._begin(first, deadline, retry=True)
+        timer = loop.call_at(deadline, _sever, conn)
+        try:
+            yield conn
+        except psycopg.OperationalError as error:
+            if not conn.broken:
+                raise
+            self._spawn(self._drain())
+            late = loop.time() >= deadline
+            raise self._unavailable(error, deadline_passed=late) from None
+        finally:
+            timer.cancel()
+            await self.pool.putconn(conn)
+
+    async def _begin(self, first: str, deadline: float, *, retry: bool) -> AsyncConnection:
+        """A connection from the pool on which ``first`` ran, by ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await self.pool.getconn(
+                timeout=max(0.001, min(self.acquire_timeout_s, deadline - loop.time()))
+            )
+        except (PoolTimeout, PoolClosed) as error:
+            raise self._unavailable(error) from None
+        timer = loop.call_at(deadline, _sever, conn)
+        try:
+            await conn.execute(first)
+        except psycopg.OperationalError as error:
+            timer.cancel()
+            await self.pool.putconn(conn)
+            if not conn.broken:
+                raise
+            if not retry or loop.time() >= deadline:
+                self._spawn(self._drain())
+                raise self._unavailable(error) from None
+            log.warning("a pooled connection was found broken; trying a new one")
+            await self._drain()
+            return await self._begin(first, deadline, retry=False)
+        except BaseException:
+            timer.cancel()
+            await self.pool.putconn(conn)
+            raise
+        timer.cancel()
+        return conn
+
+    def _unavailable(
+        self, error: Exception, *, deadline_passed: bool = False
+    ) -> DatabaseUnavailable:
+        """The 503 to answer for ``error``, logged with what it hides from the client."""
+        why = f"deadline of {self.deadline_s:g} s passed; " if deadline_passed else ""
+        log.warning("database unavailable: %s%s: %s", why, type(error).__name__, error)
+        if self.stuck_after_error and not self._stuck:
+            self._stuck = True
+            log.error(
+                "ATENDEAI_FAULTS stuck_after_db_error: closing the connection pool for good "
+                "after one database error; this process will answer 503 until restarted"
+            )
+            self._spawn(self.pool.close())
+        return DatabaseUnavailable(
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    async def _drain(self) -> None:
+        """Close the pool's idle connections (likely dead too) and open new ones;
+        at most once per ``DRAIN_INTERVAL_S``."""
+        now = time.monotonic()
+        if self._stuck or now - self._last_drain < DRAIN_INTERVAL_S:
+            return
+        self._last_drain = now
+        log.warning("a pooled connection broke: dropping the pool's idle connections")
+        await self.pool.drain()
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

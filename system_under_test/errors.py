@@ -10,7 +10,9 @@
     ├── UnsupportedMediaType 415
     ├── ValidationFailed     422 with ``details`` naming each field
     ├── RateLimited          429 with Retry-After
-    └── Unavailable          503 a dependency is down
+    └── Unavailable          503 a dependency is down, with Retry-After
+        ├── DatabaseUnavailable  503 database_unavailable (PostgreSQL away or too slow)
+        └── StoreUnavailable     503 Redis away: the check that needs it fails closed
 
 Bodies look like ``{"error": {"code", "message", "request_id", "details"}}``
 and never carry a stack trace or SQL.
@@ -101,6 +103,22 @@ class RateLimited(ApiError):
 class Unavailable(ApiError):
     status = 503
     default_code = "unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    """PostgreSQL did not answer in time, or the connection broke (never a hang)."""
+
+    default_code = "database_unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    """Redis (rate limits, revocation marks, cache) is away and the request needs it.
+
+    Raised by ``system_under_test.redisguard``; the callers that can do without
+    Redis catch it and fall back, the rest answer it (fail closed).
+    """
+
+    default_code = "store_unavailable"
 
 
 ERROR_STATUSES: dict[int, str] = {

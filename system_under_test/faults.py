@@ -18,13 +18,30 @@ Rules are separated by ``;``; each is ``METHOD /route/template ACTION [every=K]`
 - ``raise=database``: run a query PostgreSQL rejects (an unknown table), so a
   real driver exception, with SQL in its text, escapes the handler.
 
+Two DEFECTS, for the resilience drill to prove it can fail (a platform variant
+that loses writes, and one that never recovers):
+
+- ``ack_uncommitted`` (write routes only: POST, PUT, PATCH, DELETE): the
+  handler runs and answers as usual (201 with the new id...), but every
+  transaction of the request is rolled back instead of committed: a write
+  acknowledged and then lost;
+- ``stuck_after_db_error`` (no ``every``): the route names the service (every
+  process serving it); the first time such a process finds the database
+  unavailable (a broken connection, the deadline passed, no pooled connection
+  in time, on any request or ``/ready``), it closes its connection pool for
+  good, as a service that closes its pool on error and never reopens it
+  would: from then on every request that needs the database, and ``/ready``,
+  answer 503 until the process is restarted. ``GET /ready stuck_after_db_error``
+  makes every service so.
+
 ``every=K`` (default 1) picks requests by a counter, never by chance: each
 service process counts the requests that reach a route's handler (after
 authentication and body parsing) from 1, and a rule applies to the K-th,
 2K-th, ... of them. The share is exactly known, so a test can compute the true
 percentiles and error ratio in advance (``FaultPlan.outcome``). The delays
 (and slow queries) of every rule that applies add up; then the first
-``error``/``raise`` rule that applies (in the order written) fails the request.
+``error``/``raise`` rule that applies (in the order written) fails the request;
+an ``ack_uncommitted`` rule that applies discards the request's commits.
 
 The route is the template (``/users/{user_id}``), as in the latency
 histogram's ``route`` label; every rule must name a route of the platform.
@@ -45,6 +62,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from system_under_test.db import discard_commits
 from system_under_test.errors import ApiError, Unavailable
 
 if TYPE_CHECKING:
@@ -63,7 +81,9 @@ FAILING_QUERY = "SELECT id FROM atendeai.fault_injection_no_such_table WHERE id 
 
 log = logging.getLogger("atendeai.faults")
 
-Action = Literal["delay", "slow_query", "error", "raise"]
+Action = Literal["delay", "slow_query", "error", "raise", "ack_uncommitted", "stuck"]
+#: The methods that write: ``ack_uncommitted`` applies to their routes only.
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 class FaultSpecError(ValueError):
@@ -108,6 +128,8 @@ class FaultRule:
             "slow_query": f"slow_query={self.delay_ms}ms",
             "error": f"error={self.status}",
             "raise": "raise" if self.kind == "exception" else f"raise={self.kind}",
+            "ack_uncommitted": "ack_uncommitted",
+            "stuck": "stuck_after_db_error",
         }[self.action]
         return f"{self.method} {self.route} {action} every={self.every}"
 
@@ -119,6 +141,7 @@ class Outcome:
     delay_ms: int = 0  # in the service
     slow_query_ms: int = 0  # in PostgreSQL
     failure: FaultRule | None = None
+    discard_commits: bool = False  # ack_uncommitted: answered as saved, rolled back
 
     @property
     def added_ms(self) -> int:
@@ -147,7 +170,13 @@ class FaultPlan:
         delay = sum(r.delay_ms for r in chosen if r.action == "delay")
         slow_query = sum(r.delay_ms for r in chosen if r.action == "slow_query")
         failure = next((r for r in chosen if r.action in ("error", "raise")), None)
-        return Outcome(delay, slow_query, failure)
+        discard = any(r.action == "ack_uncommitted" for r in chosen)
+        return Outcome(delay, slow_query, failure, discard)
+
+    def stuck_after_db_error(self, routes: Iterable[tuple[str, str]]) -> bool:
+        """Whether a ``stuck_after_db_error`` rule names one of ``routes`` (a service's)."""
+        mine = set(routes)
+        return any(r.action == "stuck" and (r.method, r.route) in mine for r in self.rules)
 
     def describe(self) -> str:
         return "; ".join(rule.describe() for rule in self.rules)
@@ -162,7 +191,7 @@ _EVERY = re.compile(r"^every=(\d+)$")
 USAGE = (
     "expected rules separated by ';', each 'METHOD /route/template ACTION [every=K]' "
     "with ACTION one of delay=Nms, slow_query=Nms, error=500, error=503, raise, "
-    "raise=database "
+    "raise=database, ack_uncommitted, stuck_after_db_error "
     "(e.g. 'GET /clinics/me delay=300ms every=4; GET /users error=500 every=10')"
 )
 
@@ -225,6 +254,20 @@ def _parse_rule(
         return FaultRule(method, route, "error", status=status, every=every)
     if action == "raise":
         return FaultRule(method, route, "raise", kind="exception", every=every)
+    if action == "ack_uncommitted":
+        if method not in WRITE_METHODS:
+            raise FaultSpecError(
+                f"{where}: ack_uncommitted loses writes: name a write route "
+                f"({', '.join(WRITE_METHODS)}), not {method}"
+            )
+        return FaultRule(method, route, "ack_uncommitted", every=every)
+    if action == "stuck_after_db_error":
+        if rest:
+            raise FaultSpecError(
+                f"{where}: stuck_after_db_error takes no every=K "
+                "(it is the whole process's, from its first database error on)"
+            )
+        return FaultRule(method, route, "stuck")
     if action.startswith("raise="):
         kind = action.removeprefix("raise=")
         if kind not in RAISE_KINDS:
@@ -276,6 +319,16 @@ def _faulty(plan: FaultPlan, route: Route):
             async with call.platform.db.unscoped() as conn:
                 await conn.execute("SELECT pg_sleep(%s)", (outcome.slow_query_ms / 1000,))
         failure = outcome.failure
+        if failure is None and outcome.discard_commits:
+            log.warning(
+                "%s ack_uncommitted: %s %s request %d will be answered as saved and rolled back",
+                ENV_VAR,
+                route.method,
+                route.path,
+                count,
+            )
+            with discard_commits():
+                return await handler(call)
         if failure is None:
             return await handler(call)
         reason = f"fault injected on purpose ({ENV_VAR}: {failure.describe()}, request {count})"
@@ -295,6 +348,8 @@ def injected_statuses(plan: FaultPlan, method: str, route: str) -> set[int]:
     for rule in plan.rules_for(method, route):
         if rule.action in ("error", "raise"):
             statuses.add(rule.status if rule.action == "error" else 500)
+        if rule.action == "stuck":
+            statuses.add(503)
     return statuses
 
 

@@ -66,7 +66,8 @@ FAULTS_ENABLED = Gauge(
 #: starts (``initialise``): a series that appears only with its first
 #: increment hides that increment from ``rate()``, and a dashboard panel on a
 #: series that does not exist yet shows "no data" instead of 0.
-LOGIN_OUTCOMES = ("success", "invalid_credentials", "inactive", "rate_limited")
+#: ``unavailable``: refused because the rate limits could not be checked (Redis away).
+LOGIN_OUTCOMES = ("success", "invalid_credentials", "inactive", "rate_limited", "unavailable")
 REFRESH_OUTCOMES = ("success", "invalid", "reuse_detected")
 RATE_LIMITS = ("login_client", "login_account")
 CACHE_RESULTS = ("hit", "miss")

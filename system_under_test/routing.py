@@ -110,6 +110,9 @@ class Route:
     # status -> body model, a RawBody (documented by media type), or None (no body)
     responses: dict[int, type[BaseModel] | RawBody | None] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
+    #: Uses PostgreSQL or Redis, so may answer 503 while one is away
+    #: (``database_unavailable``...); only /health, /metrics and /openapi.json do not.
+    uses_dependencies: bool = True
 
     @property
     def public(self) -> bool:
@@ -242,6 +245,8 @@ def openapi_document(service: str, version: str, routes: Iterable[Route]) -> dic
                 response["content"] = {"application/json": {"schema": ref(model, "serialization")}}
             operation["responses"][str(status)] = response
         error_statuses = set(route.errors) | {500}
+        if route.uses_dependencies and 503 not in route.responses:
+            error_statuses.add(503)
         if route.body:
             error_statuses |= {400, 413, 415, 422}
         if error_statuses_query:

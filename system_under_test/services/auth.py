@@ -4,6 +4,16 @@ Refresh tokens are single use. Presenting one that was already spent means
 it leaked: the whole family (every token descended from the same login) is
 revoked, in PostgreSQL and in Redis, so the access tokens of that family stop
 working at once too.
+
+While Redis is away (docs/platform.md, "When a dependency is away"): login
+fails closed (503 ``rate_limiter_unavailable``: its brute-force limits live in
+Redis), and a revocation (logout, reuse detected) is refused with 503
+``session_store_unavailable``: the Redis mark is written inside the
+PostgreSQL transaction, before it commits, and a failed mark rolls the
+revocation back, so no revocation exists in PostgreSQL that Redis does not
+know of once it is back (a mark sent to a frozen Redis may still land when it
+thaws: that session then ends up refused, the safe side). Refreshing without
+reuse and ``/auth/me`` need no Redis.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from aiohttp import web
 
 from system_under_test.app import Platform, audit_event, revoked_family_key
 from system_under_test.db import TenantContext, set_context
-from system_under_test.errors import NotFound, RateLimited, Unauthorized
+from system_under_test.errors import NotFound, RateLimited, StoreUnavailable, Unauthorized
 from system_under_test.metrics import LOGINS, RATE_LIMIT_REJECTIONS, REFRESHES
 from system_under_test.passwords import verify_password
 from system_under_test.ratelimit import hit, tightest
@@ -97,16 +107,26 @@ async def login(call: Call) -> web.Response:
     # An account is an e-mail address within a clinic: the per-account budget
     # is kept per (clinic, e-mail), whether or not that account exists.
     account_key = digest(f"{clinic_slug}\n{email}")
-    decision = tightest(
-        [
-            await hit(
-                platform.redis, "login_client", call.client_ip, settings.login_limit_per_client
-            ),
-            await hit(
-                platform.redis, "login_account", account_key, settings.login_limit_per_account
-            ),
-        ]
-    )
+    try:
+        async with platform.redis_guard.available("sign-in") as redis:
+            decision = tightest(
+                [
+                    await hit(
+                        redis, "login_client", call.client_ip, settings.login_limit_per_client
+                    ),
+                    await hit(
+                        redis, "login_account", account_key, settings.login_limit_per_account
+                    ),
+                ]
+            )
+    except StoreUnavailable as error:
+        # Fail closed: no attempt is checked against a password unless it was counted.
+        LOGINS.labels("unavailable").inc()
+        raise StoreUnavailable(
+            "sign-in is paused: login attempts cannot be counted right now; retry shortly",
+            code="rate_limiter_unavailable",
+            headers=error.headers,
+        ) from None
     headers = decision.headers()
     if not decision.allowed:
         LOGINS.labels("rate_limited").inc()
@@ -159,6 +179,23 @@ async def login(call: Call) -> web.Response:
     return json_response(pair, headers={**headers, **NO_STORE})
 
 
+async def _mark_revoked(platform: Platform, family: uuid.UUID, reason: str) -> None:
+    """The Redis mark that stops the family's access tokens; ``StoreUnavailable``
+    (503 ``session_store_unavailable``) when Redis is away. Called inside the
+    transaction that revokes the family in PostgreSQL, so that one rolls back."""
+    try:
+        async with platform.redis_guard.available("sign-out") as redis:
+            await redis.set(
+                revoked_family_key(family), reason, ex=platform.settings.access_token_ttl_seconds
+            )
+    except StoreUnavailable as error:
+        raise StoreUnavailable(
+            "sign-out is paused: sessions cannot be revoked right now; retry shortly",
+            code="session_store_unavailable",
+            headers=error.headers,
+        ) from None
+
+
 @dataclass(frozen=True)
 class _RefreshOutcome:
     pair: TokenPair | None = None
@@ -198,6 +235,8 @@ async def refresh(call: Call) -> web.Response:
                 record_id=session["id"],
                 details={"family_id": str(session["family_id"])},
             )
+            # Before the commit: a revocation Redis never heard of would be skipped once it is back.
+            await _mark_revoked(platform, session["family_id"], "reuse_detected")
             outcome = _RefreshOutcome(reuse_of_family=session["family_id"])
         elif session["revoked_at"] is None and not session["expired"]:
             cursor = await conn.execute(SELECT_USER, (session["user_id"],))
@@ -216,11 +255,6 @@ async def refresh(call: Call) -> web.Response:
                 outcome = _RefreshOutcome(pair=pair)
 
     if outcome.reuse_of_family is not None:
-        await platform.redis.set(
-            revoked_family_key(outcome.reuse_of_family),
-            "reuse_detected",
-            ex=platform.settings.access_token_ttl_seconds,
-        )
         REFRESHES.labels("reuse_detected").inc()
         log.warning("refresh token reuse detected; family %s revoked", outcome.reuse_of_family)
         raise Unauthorized("refresh token already used; session revoked", code="invalid_token")
@@ -239,9 +273,7 @@ async def logout(call: Call) -> web.Response:
         await audit_event(
             conn, "auth.logout", table_name="sessions", details={"family_id": str(family)}
         )
-    await platform.redis.set(
-        revoked_family_key(family), "logout", ex=platform.settings.access_token_ttl_seconds
-    )
+        await _mark_revoked(platform, family, "logout")  # before the commit, as in refresh
     return web.Response(status=204, headers=NO_STORE)
 
 

@@ -1,6 +1,11 @@
 """Clinics service: read and update your own clinic (cache-aside in Redis,
 invalidated on every write); list and create clinics as a platform admin.
 
+The cache is an optimisation: while Redis is away a read goes to PostgreSQL
+(``X-Cache: MISS``), a read's cache fill is skipped, and an update is saved
+and answered as usual, its invalidation kept by ``RedisGuard.delete_later``
+and sent before anything else once Redis answers this process again.
+
 A clinic's slug is its public login name (``POST /auth/login`` names the
 clinic): unique across the platform, set when the clinic is created, never
 changed by the clinic itself.
@@ -20,7 +25,7 @@ from aiohttp import web
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from system_under_test.errors import Conflict, NotFound, ValidationFailed
+from system_under_test.errors import Conflict, NotFound, StoreUnavailable, ValidationFailed
 from system_under_test.metrics import CACHE_REQUESTS
 from system_under_test.passwords import hash_password
 from system_under_test.routing import ALL_ROLES, Call, Route, json_response
@@ -61,12 +66,12 @@ def _target_clinic(call: Call) -> uuid.UUID:
 
 async def get_clinic(call: Call) -> web.Response:
     clinic_id = _target_clinic(call)
-    redis = call.platform.redis
+    guard = call.platform.redis_guard
     key = cache_key(clinic_id)
     try:
-        cached = await redis.get(key)
-    except Exception:  # the cache is an optimisation: fall through to the database
-        log.warning("clinic cache read failed", exc_info=True)
+        async with guard.available("clinic cache") as redis:
+            cached = await redis.get(key)
+    except StoreUnavailable:  # the cache is an optimisation: read the database
         cached = None
     if cached is not None:
         CACHE_REQUESTS.labels("clinic", "hit").inc()
@@ -80,7 +85,11 @@ async def get_clinic(call: Call) -> web.Response:
     if row is None:
         raise NotFound("no such clinic")
     body = Clinic.model_validate(row).model_dump_json()
-    await redis.set(key, body, ex=call.platform.settings.clinic_cache_ttl_seconds)
+    try:
+        async with guard.available("clinic cache") as redis:
+            await redis.set(key, body, ex=call.platform.settings.clinic_cache_ttl_seconds)
+    except StoreUnavailable:
+        pass  # answered from the database; the next read fills the cache
     return web.Response(text=body, content_type="application/json", headers={"X-Cache": "MISS"})
 
 
@@ -106,7 +115,12 @@ async def update_clinic(call: Call) -> web.Response:
         clinic = None if row is None else Clinic.model_validate(row)
     if clinic is None:
         raise NotFound("no such clinic")
-    await call.platform.redis.delete(cache_key(clinic_id))
+    guard = call.platform.redis_guard
+    try:
+        async with guard.available("clinic cache") as redis:
+            await redis.delete(cache_key(clinic_id))
+    except StoreUnavailable:  # saved: the stale copy is dropped once Redis answers again
+        guard.delete_later(cache_key(clinic_id))
     return json_response(clinic)
 
 

@@ -36,7 +36,7 @@ async def status(call: Call) -> web.Response:
         results = await asyncio.gather(
             *(_check(name, probe(url)) for name, url in sorted(urls.items())),
             _check("postgres", platform.db.ping),
-            _check("redis", platform.redis.ping),
+            _check("redis", platform.redis_guard.ping),
         )
     services = dict(results[: len(urls)])
     dependencies = dict(results[len(urls) :])
