@@ -284,16 +284,15 @@ class LocalStackControl:
         """Where the component listens, its pid and log, and the log's last lines."""
         port, log_path = self._where(component)
         pid = self.pid(component)
-        state = f"pid {pid}" if pid is not None else "not running"
+        state = f"(pid {pid})" if pid is not None else "(not running)"
         if component in self._paused:
-            state += ", frozen (SIGSTOP)"
+            state += " (frozen (SIGSTOP) by the supervisor)"
         if component in self._killed:
-            state += ", killed by the supervisor"
+            state += " (killed by the supervisor)"
         process = self._process(component)
         tail = (process.log_tail(lines) if process is not None else "") or "(empty)"
-        return (
-            f"{component} on 127.0.0.1:{port} ({state}), log {log_path}; log tail:\n"
-            + "\n".join(f"  | {line}" for line in tail.splitlines())
+        return f"{component} on 127.0.0.1:{port} {state}, log {log_path}; log tail:\n" + "\n".join(
+            f"  | {line}" for line in tail.splitlines()
         )
 
     def _where(self, component: str) -> tuple[int | None, Path]:
