@@ -11,7 +11,9 @@ Rules are separated by ``;``; each is ``METHOD /route/template ACTION [every=K]`
 - ``delay=Nms``: wait N milliseconds (1..60000) before the handler runs;
 - ``slow_query=Nms``: hold a pooled PostgreSQL connection in a query that
   takes N milliseconds (``pg_sleep``) before the handler runs: a slow database,
-  and a request that is inside PostgreSQL when PostgreSQL goes away;
+  and a request that is inside PostgreSQL when PostgreSQL goes away (a query
+  longer than ``ATENDEAI_DB_DEADLINE_SECONDS``, 5 s by default, is cut there:
+  503 ``database_unavailable``);
 - ``error=500`` or ``error=503``: answer that status with code ``fault_injected``,
   through the platform's normal error path (the one JSON error shape);
 - ``raise``: raise a plain ``RuntimeError`` inside the handler, as a bug would;
