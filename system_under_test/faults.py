@@ -133,6 +133,8 @@ class FaultRule:
             "ack_uncommitted": "ack_uncommitted",
             "stuck": "stuck_after_db_error",
         }[self.action]
+        if self.action == "stuck":  # the whole process's: no every (parse_plan refuses one)
+            return f"{self.method} {self.route} {action}"
         return f"{self.method} {self.route} {action} every={self.every}"
 
 
