@@ -45,6 +45,7 @@ class LoadRunConfig:
     stages: tuple[tuple[float, int, float], ...] = ()
     # where Locust writes per-second request counts and the ledger of writes
     evidence_dir: Path | None = None
+    writers: int = 0  # users who only write (the drill's ledger), part of the user count
 
     @property
     def stop_file(self) -> Path:
@@ -69,6 +70,8 @@ class LoadRunConfig:
             command += ["--load-stages", json.dumps([list(stage) for stage in self.stages])]
         if self.evidence_dir is not None:
             command += ["--evidence-dir", str(self.evidence_dir)]
+        if self.writers:
+            command += ["--writers", str(self.writers)]
         command += ["--stop-file", str(self.stop_file)]
         if self.arrival_rate > 0:
             command += ["--arrival-rate", str(self.arrival_rate)]

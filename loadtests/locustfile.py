@@ -84,6 +84,14 @@ def _add_options(parser) -> None:
         help="write per-second request counts and the ledger of writes here when the run ends",
     )
     parser.add_argument(
+        "--writers",
+        env_var="ATENDEAI_LOAD_WRITERS",
+        type=int,
+        default=0,
+        help="managers who only write (add and rename staff, about one write a second each), "
+        "for the ledger of the resilience drill; part of the user count (default 0)",
+    )
+    parser.add_argument(
         "--stop-file",
         env_var="ATENDEAI_STOP_FILE",
         default="",
@@ -182,6 +190,9 @@ def _choose_model(environment, **_kwargs) -> None:
         environment.user_classes = [OpenArrivalUser]
     else:
         environment.user_classes = [c for c in environment.user_classes if c is not OpenArrivalUser]
+    LedgerWriter.fixed_count = max(0, options.writers)
+    if options.writers <= 0:
+        environment.user_classes = [c for c in environment.user_classes if c is not LedgerWriter]
 
 
 def _is_master(environment) -> bool:
@@ -424,6 +435,23 @@ class ClinicManager(SignedInUser):
             )
             if outcome != "ack":
                 response.failure(f"rename answered {response.status_code}")
+
+
+class LedgerWriter(ClinicManager):
+    """A manager who only writes: adds a colleague now and then, renames them often.
+
+    ``--writers N`` runs N of them (none by default): the resilience drill's
+    ledger needs a steady stream of acknowledged writes to check. Renames are
+    cheap; an add hashes a password, so adds are one write in five.
+    """
+
+    weight = 1  # ignored: --writers sets fixed_count (Locust drops weight-0 classes)
+    wait_time = between(0.5, 1.5)
+    tasks = {ClinicManager.add_staff: 1, ClinicManager.rename_staff: 4}
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.add_staff()  # something to rename from the start
 
 
 class HealthProbe(FastHttpUser):

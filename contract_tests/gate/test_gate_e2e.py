@@ -104,6 +104,8 @@ def test_smoke_gate_says_go_writes_every_report_and_warns_without_failing(tmp_pa
         tmp_path,
         _slo(tmp_path, users_warning=1.0),
         suite_args=("contract_tests/test_health_and_metrics.py",),
+        drill_plan="short",
+        drill_hold_s=3.0,
     )
     statuses = _statuses(report)
     assert statuses == {
@@ -128,6 +130,15 @@ def test_smoke_gate_says_go_writes_every_report_and_warns_without_failing(tmp_pa
         report["memory_mb"]["idle"] and report["memory_mb"]["peak"] >= report["memory_mb"]["idle"]
     )
     assert report["targets"][0] == report["targets"][1] > 0  # every Prometheus target up
+    # the resilience drill ran under its own load, after the SLO window, and is reported
+    drill = report["recovery"]
+    assert drill["status"] == "PASS", drill["reason"]
+    assert drill["faults"][0]["name"] == "kill -9 users-1"
+    assert all(f["client"]["requests"] > 0 for f in drill["faults"])
+    assert drill["ledger"]["acknowledged"] > 0 and drill["ledger"]["lost"] == 0
+    assert junit.find("testsuite[@name='resilience']").get("failures") == "0"
+    assert "Resilience drill: faults under load" in html
+    assert any(p.name.startswith("ledger-") for p in (out / "drill" / "evidence").iterdir())
 
 
 def test_open_arrival_mode_holds_its_rate_and_the_report_says_which_mode_ran(tmp_path):

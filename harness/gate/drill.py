@@ -70,6 +70,7 @@ class DrillPlan:
     quiet_s: float = 5.0  # before and after each fault
     steady_s: float = 20.0  # the steady state measured before the first fault
     step_timeout_s: float = 60.0  # a step not served again by then fails
+    writers: int = 0  # users who only write, for the ledger (0: one per 100 users, at least 2)
 
     def __post_init__(self) -> None:
         if not self.faults:
@@ -80,6 +81,11 @@ class DrillPlan:
     @classmethod
     def for_users(cls, users: int, *, short: bool = False, hold_s: float = 10.0) -> DrillPlan:
         return cls(fault_plan(short=short, hold_s=hold_s), users=users)
+
+    @property
+    def writer_users(self) -> int:
+        wanted = self.writers or max(2, self.users // 100)
+        return min(wanted, max(1, self.users // 2))
 
     @property
     def ramp_s(self) -> float:
@@ -753,7 +759,9 @@ def run_drill_under_load(
     )
     canary = Canary(stack.haproxy_url, accounts, client_ip=ClientAddresses().next())
     evidence_dir = load.out_dir / "evidence"
-    load = replace(load, stages=plan.load_stages(), evidence_dir=evidence_dir)
+    load = replace(
+        load, stages=plan.load_stages(), evidence_dir=evidence_dir, writers=plan.writer_users
+    )
     runner = _FaultRunner(stack, supervisor, plan, canary, progress)
     stop = threading.Event()
     outcome: dict[str, Any] = {}
