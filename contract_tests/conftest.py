@@ -32,6 +32,25 @@ def openapi_docs(stack: Stack) -> dict[str, dict[str, Any]]:
     return docs
 
 
+def wait_ready(url: str, status: int, *, timeout: float = 30, says: str | None = None) -> dict:
+    """``GET {url}/ready``'s body once it answers ``status`` (and, when given, its
+    ``"status"`` field says ``says``: ``ok``, ``degraded`` or ``down``)."""
+    from harness.processes import wait_until
+
+    def answered() -> dict | None:
+        try:
+            response = httpx.get(f"{url}/ready", timeout=5)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != status:
+            return None
+        body = response.json()
+        return body if says is None or body["status"] == says else None
+
+    what = f"{url}/ready -> {status}" + (f" {says}" if says else "")
+    return wait_until(answered, timeout=timeout, interval=0.1, what=what)
+
+
 def clear_of_window_edge(window: int = 60, margin: float = 20.0) -> None:
     """The platform's rate limits are fixed windows starting at multiples of
     ``window`` seconds: a burst straddling the edge legitimately gets two

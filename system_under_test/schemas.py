@@ -268,7 +268,7 @@ class CheckResult(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ok", "down"]
+    status: Literal["ok", "degraded", "down"]
     service: str
     checks: dict[str, CheckResult]
 

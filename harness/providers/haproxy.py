@@ -122,6 +122,14 @@ def _seconds(text: str, name: str) -> float:
     return int(number) * units[unit]
 
 
+#: HAProxy's answer when no instance of a backend is in rotation.
+NO_SERVER_503 = (
+    "http-error status 503 content-type application/json hdr Retry-After 2 "
+    'string \'{"error":{"code":"no_server_available","message":"no instance of this '
+    'service is in rotation; try again shortly","request_id":""}}\''
+)
+
+
 def render_haproxy_config(
     backends: Sequence[Backend],
     *,
@@ -189,6 +197,10 @@ def render_haproxy_config(
         "    timeout server 30s",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 10s",
+        # No instance in rotation: the request reached no service, so it is a
+        # clean failure, in the platform's JSON error shape (502/504 keep
+        # HAProxy's own page: those requests may have reached a service).
+        f"    {NO_SERVER_503}",
         f"    timeout check {settings.check_timeout}",
         f"    default-server check inter {settings.check_interval} "
         f"fastinter {settings.fast_interval} downinter {settings.down_interval} "
