@@ -46,6 +46,7 @@ class LoadRunConfig:
     # where Locust writes per-second request counts and the ledger of writes
     evidence_dir: Path | None = None
     writers: int = 0  # users who only write (the drill's ledger), part of the user count
+    retry_sign_in: bool = False  # a refused sign-in is tried again instead of stopping the user
 
     @property
     def stop_file(self) -> Path:
@@ -72,6 +73,8 @@ class LoadRunConfig:
             command += ["--evidence-dir", str(self.evidence_dir)]
         if self.writers:
             command += ["--writers", str(self.writers)]
+        if self.retry_sign_in:
+            command += ["--retry-sign-in"]
         command += ["--stop-file", str(self.stop_file)]
         if self.arrival_rate > 0:
             command += ["--arrival-rate", str(self.arrival_rate)]

@@ -92,6 +92,14 @@ def _add_options(parser) -> None:
         "for the ledger of the resilience drill; part of the user count (default 0)",
     )
     parser.add_argument(
+        "--retry-sign-in",
+        env_var="ATENDEAI_RETRY_SIGN_IN",
+        action="store_true",
+        default=False,
+        help="a user whose sign-in is refused tries again 1-2 s later (default: it stops, "
+        "which the capacity profile counts as a lost user)",
+    )
+    parser.add_argument(
         "--stop-file",
         env_var="ATENDEAI_STOP_FILE",
         default="",
@@ -313,17 +321,23 @@ class SignedInUser(FastHttpUser):
         self.sign_in()
 
     def sign_in(self) -> None:
-        with self.client.post(
-            "/auth/login",
-            json=login_body(self.account),
-            headers={"X-Forwarded-For": self.client_ip},
-            name="/auth/login",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200:
+        """Sign in; a refusal stops this user, unless ``--retry-sign-in`` (the
+        resilience drill: people try again while a component is away)."""
+        while True:
+            with self.client.post(
+                "/auth/login",
+                json=login_body(self.account),
+                headers={"X-Forwarded-For": self.client_ip},
+                name="/auth/login",
+                catch_response=True,
+            ) as response:
+                if response.status_code == 200:
+                    self._keep(response.json())
+                    return
                 response.failure(f"login answered {response.status_code}")
+            if not self.environment.parsed_options.retry_sign_in:
                 raise StopUser()
-            self._keep(response.json())
+            gevent.sleep(1 + random.random())
 
     def _keep(self, pair: dict) -> None:
         self.access_token = pair["access_token"]
