@@ -47,6 +47,9 @@ class LoadRunConfig:
     evidence_dir: Path | None = None
     writers: int = 0  # users who only write (the drill's ledger), part of the user count
     retry_sign_in: bool = False  # a refused sign-in is tried again instead of stopping the user
+    # the run can be ended early through ``stop_file`` (the project's locustfile
+    # knows --stop-file; a locustfile of one's own may not)
+    stoppable: bool = False
 
     @property
     def stop_file(self) -> Path:
@@ -75,7 +78,8 @@ class LoadRunConfig:
             command += ["--writers", str(self.writers)]
         if self.retry_sign_in:
             command += ["--retry-sign-in"]
-        command += ["--stop-file", str(self.stop_file)]
+        if self.stoppable:
+            command += ["--stop-file", str(self.stop_file)]
         if self.arrival_rate > 0:
             command += ["--arrival-rate", str(self.arrival_rate)]
         if self.processes > 1:
@@ -285,7 +289,7 @@ def run_load(
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if stop is not None and stop.is_set():
+                if stop is not None and stop.is_set() and config.stoppable:
                     config.stop_file.touch()  # once; then wait for it to finish
                     stop = None
                 elapsed = time.time() - started

@@ -772,6 +772,7 @@ def run_drill_under_load(
         evidence_dir=evidence_dir,
         writers=plan.writer_users,
         retry_sign_in=True,  # people sign in again while a component is away
+        stoppable=True,  # ended when the plan is done
     )
     runner = _FaultRunner(stack, supervisor, plan, canary, progress)
     stop = threading.Event()
