@@ -175,7 +175,7 @@ def assess(
                 decided = True
                 failed |= recovery.status is DrillStatus.FAIL
                 evidence.append(recovery.reason)
-                evidence.extend(step.describe() for step in recovery.steps)
+                evidence.extend(fault.describe() for fault in recovery.faults)
         unverified = False  # an objective without enough evidence for a verdict
         for name in criterion.objectives:
             result = by_name.get(name)

@@ -164,19 +164,6 @@ class FaultResult:
     server_note: str
     evidence: tuple[str, ...]
 
-    # the recovery-step view (report, acceptance)
-    @property
-    def fault(self) -> str:
-        return f"{self.kind} {self.component}"
-
-    @property
-    def recovered(self) -> bool:
-        return self.status is DrillStatus.PASS
-
-    @property
-    def seconds(self) -> float | None:
-        return self.served_again_s
-
     def describe(self) -> str:
         if self.status is DrillStatus.NOT_VERIFIABLE:
             return f"{self.name}: NOT VERIFIABLE ({self.reason})"
@@ -202,10 +189,6 @@ class DrillResult:
     steady: Counts = field(default_factory=Counts)  # before the first fault
     users: int = 0
     step_timeout_s: float = 60.0  # a fault never served again counts as this (at least)
-
-    @property
-    def steps(self) -> tuple[FaultResult, ...]:
-        return self.faults
 
     @property
     def recovery_s(self) -> float | None:
