@@ -25,7 +25,7 @@ from harness.gate.memory import tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader
 from harness.gate.report import write_reports
 from harness.gate.result import GateResult
-from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit
+from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
 from harness.loadrun import ClientFigures, EndpointFigures, HistoryPoint, read_locust_csv
 from harness.processes import LOOPBACK, free_ports, wait_until
 from harness.providers.prometheus import LocalPrometheus, PrometheusSettings, ScrapeJob
@@ -179,6 +179,13 @@ def test_read_junit_counts_statuses(tmp_path):
     assert results.outcomes[0].file == "contract_tests/test_a.py"
     assert results.outcomes[2].file == "contract_tests/sub/test_b.py"
     assert not results.ok and results.outcomes[1].message == "boom"
+
+
+def test_suite_progress_reads_pytest_q_lines():
+    log = "ssss..F.   [ 10%]\n....E.. [ 20%]\n..s\n"
+    assert suite_progress(log) == "20 % (18 tests, 2 failed or errors)"
+    assert suite_progress("sss..F") == "under 1 line (6 tests, 1 failed or errors)"
+    assert suite_progress("collecting ...") == "starting"
 
 
 def test_read_locust_csv(tmp_path):

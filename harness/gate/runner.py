@@ -206,6 +206,7 @@ class GateRun:
                     self.out_dir / "suites-junit.xml",
                     extra_args=self.config.suite_args,
                     timeout_s=1800,
+                    progress=self.progress,
                 )
                 timings["suites"] = time.monotonic() - started
                 self.progress(

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.exceptions import HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: How often a long suite run says how far it is.
+PROGRESS_EVERY_S = 60.0
+#: pytest -q's progress lines: one character per test, then ``[ 42%]``.
+#: (The line being written has no percentage yet.)
+_PROGRESS_LINE = re.compile(r"^([.FEsxX]+)(?:\s*\[\s*(\d+)%\])?\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -61,27 +69,57 @@ def read_junit(path: Path, exit_code: int = 0) -> SuiteResults:
     return SuiteResults(Path(path), tuple(outcomes), exit_code)
 
 
+def suite_progress(log_text: str) -> str:
+    """How far a ``pytest -q`` run is, from its log: e.g. ``42 % (120 tests, 1 failed)``."""
+    lines = _PROGRESS_LINE.findall(log_text)
+    if not lines:
+        return "starting"
+    marks = "".join(chars for chars, _ in lines)
+    failed = sum(marks.count(c) for c in "FE")
+    percents = [percent for _, percent in lines if percent]
+    done = f"{percents[-1]} %" if percents else "under 1 line"
+    return f"{done} ({len(marks)} tests, {failed} failed or errors)"
+
+
 def run_suites(
-    stack_json: Path, junit_path: Path, *, extra_args: tuple[str, ...] = (), timeout_s: float
+    stack_json: Path,
+    junit_path: Path,
+    *,
+    extra_args: tuple[str, ...] = (),
+    timeout_s: float,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> SuiteResults:
-    """``pytest --stack=external`` against the running stack; results from its JUnit XML."""
+    """``pytest --stack=external`` against the running stack; results from its JUnit XML.
+    Says how far it is every ``PROGRESS_EVERY_S``."""
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
         "--stack=external", f"--stack-json={stack_json}", f"--junitxml={junit_path}",
         *extra_args,
     ]  # fmt: skip
     log_path = junit_path.with_suffix(".log")
+    started = time.monotonic()
     with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            completed = subprocess.run(
-                command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s
-            )
-        except subprocess.TimeoutExpired:
-            raise HarnessError(
-                f"the suites did not finish within {timeout_s:.0f} s (log: {log_path})"
-            ) from None
+            while True:
+                left = timeout_s - (time.monotonic() - started)
+                try:
+                    process.wait(timeout=max(0.0, min(PROGRESS_EVERY_S, left)))
+                    break
+                except subprocess.TimeoutExpired:
+                    if left <= PROGRESS_EVERY_S:
+                        raise HarnessError(
+                            f"the suites did not finish within {timeout_s:.0f} s (log: {log_path})"
+                        ) from None
+                    done = suite_progress(log_path.read_text(errors="replace"))
+                    took = time.monotonic() - started
+                    progress(f"suites: {done} after {took / 60:.0f} min (log: {log_path})")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     if not junit_path.exists():
         raise HarnessError(
-            f"pytest exited with {completed.returncode} and wrote no JUnit XML (log: {log_path})"
+            f"pytest exited with {process.returncode} and wrote no JUnit XML (log: {log_path})"
         )
-    return read_junit(junit_path, completed.returncode)
+    return read_junit(junit_path, process.returncode)
