@@ -243,6 +243,27 @@ def test_haproxy_takes_a_dead_or_frozen_instance_out_within_the_stated_time(supe
     _wait_both_auth_up(supervisor)
 
 
+def test_no_instance_in_rotation_answers_the_platforms_json_503(supervisor):
+    """Both auth instances dead: HAProxy itself answers, in the platform's error
+    shape (``no_server_available``, ``Retry-After``), not its HTML page."""
+    _wait_both_auth_up(supervisor)
+    supervisor.kill("auth-1")
+    supervisor.kill("auth-2")
+    wait_until(
+        lambda: all(row["status"].startswith("DOWN") for row in _auth_rows(supervisor).values()),
+        timeout=15,
+        what="HAProxy to mark auth-1 and auth-2 DOWN",
+        interval=0.1,
+    )
+    answer = _through_haproxy(supervisor.stack.haproxy_url or "")
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"].startswith("application/json"), answer.text
+    assert answer.json()["error"]["code"] == "no_server_available", answer.text
+    assert answer.headers["retry-after"] == "2"
+    supervisor.undo_faults()
+    _wait_both_auth_up(supervisor)
+
+
 def test_prometheus_killed_and_restarted_is_ready_with_its_old_data(supervisor):
     url = supervisor.stack.prometheus_url or ""
 
