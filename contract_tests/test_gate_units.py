@@ -183,8 +183,8 @@ def test_read_junit_counts_statuses(tmp_path):
 
 def test_suite_progress_reads_pytest_q_lines():
     log = "ssss..F.   [ 10%]\n....E.. [ 20%]\n..s\n"
-    assert suite_progress(log) == "20 % (18 tests, 2 failed or errors)"
-    assert suite_progress("sss..F") == "under 1 line (6 tests, 1 failed or errors)"
+    assert suite_progress(log) == "18 tests run, 2 failed or errors, 20 % of the suites"
+    assert suite_progress("sss..F") == "6 tests run, 1 failed or errors"
     assert suite_progress("collecting ...") == "starting"
 
 

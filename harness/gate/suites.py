@@ -70,15 +70,16 @@ def read_junit(path: Path, exit_code: int = 0) -> SuiteResults:
 
 
 def suite_progress(log_text: str) -> str:
-    """How far a ``pytest -q`` run is, from its log: e.g. ``42 % (120 tests, 1 failed)``."""
+    """How far a ``pytest -q`` run is, from its log, e.g.
+    ``288 tests run, 1 failed or errors, 43 % of the suites``."""
     lines = _PROGRESS_LINE.findall(log_text)
     if not lines:
         return "starting"
     marks = "".join(chars for chars, _ in lines)
     failed = sum(marks.count(c) for c in "FE")
     percents = [percent for _, percent in lines if percent]
-    done = f"{percents[-1]} %" if percents else "under 1 line"
-    return f"{done} ({len(marks)} tests, {failed} failed or errors)"
+    done = f", {percents[-1]} % of the suites" if percents else ""
+    return f"{len(marks)} tests run, {failed} failed or errors{done}"
 
 
 def run_suites(
@@ -113,7 +114,7 @@ def run_suites(
                         ) from None
                     done = suite_progress(log_path.read_text(errors="replace"))
                     took = time.monotonic() - started
-                    progress(f"suites: {done} after {took / 60:.0f} min (log: {log_path})")
+                    progress(f"suites: after {took / 60:.0f} min, {done} (log: {log_path})")
         finally:
             if process.poll() is None:
                 process.kill()
