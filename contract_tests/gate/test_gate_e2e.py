@@ -162,6 +162,7 @@ def test_gate_says_no_on_exactly_the_objectives_that_broke(tmp_path):
         tmp_path,
         _slo(tmp_path),
         run_suites=False,
+        recovery_drill=False,  # the drill has tests of its own (it ran the full plan: 5 minutes)
         # every /clinics/me waits 400 ms, then answers 500 (the gate's load signs in)
         service_env=(("ATENDEAI_FAULTS", SLOW_FAILING_CLINIC_ME),),
     )
