@@ -15,11 +15,11 @@ drill's ``kill -9``: the WAL a commit wrote is in the kernel's page cache), not
 a crash of the machine. Synchronous commit stays on: with it off, a commit is
 acknowledged before its WAL is written, and the drill's ledger measured what
 that costs (one acknowledged write lost to a ``kill -9`` of PostgreSQL).
-``initdb`` runs once per machine and PostgreSQL version: its result is kept
-as a template (by default under ``~/.cache/atendeai/``) and copied for each
-cluster, which is two to four times faster than running initdb again (measured here: 0.3-0.8 s against 0.9-1.4 s).
-Local (unix socket) connections are trusted; TCP connections need a password
-(scram-sha-256), as in production.
+``initdb`` runs once per machine and PostgreSQL version: its result is kept as
+a template (by default under ``~/.cache/atendeai/``) and copied for each
+cluster, which is two to four times faster than running initdb again (measured
+here: 0.3-0.8 s against 0.9-1.4 s). Local (unix socket) connections are
+trusted; TCP connections need a password (scram-sha-256), as in production.
 """
 
 from __future__ import annotations
