@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.gate.acceptance import Criterion, CriterionStatus, assess
+from harness.gate.cpu import CpuUse, component_group, sample_cpu, tree_cpu_seconds
 from harness.gate.crosscheck import cross_check
 from harness.gate.evidence import read_objectives
 from harness.gate.memory import tree_rss_bytes
@@ -179,6 +180,55 @@ def test_read_junit_counts_statuses(tmp_path):
     assert results.outcomes[0].file == "contract_tests/test_a.py"
     assert results.outcomes[2].file == "contract_tests/sub/test_b.py"
     assert not results.ok and results.outcomes[1].message == "boom"
+
+
+def test_cpu_of_a_process_tree_counts_its_children_live_and_reaped():
+    """A parent whose child burns CPU: the child counts while it runs, and once it
+    has ended and been reaped, through the parent's cutime (nothing is lost)."""
+    import subprocess
+    import sys
+
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         f"child = subprocess.Popen([sys.executable, '-c', {burn!r}])\n"
+         "print(child.pid, flush=True)\n"
+         "sys.stdin.readline()\n"
+         "child.wait()\n"
+         "print('reaped', flush=True)\n"
+         "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None and parent.stdin is not None
+        child = int(parent.stdout.readline())
+        before = sample_cpu({"auth-1": parent.pid})
+        time.sleep(0.2)
+        live = tree_cpu_seconds(parent.pid)
+        assert live > tree_cpu_seconds(child) - 0.02 >= 0  # the child is inside the tree
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "reaped"
+        after = sample_cpu({"auth-1": parent.pid})
+        assert set(after) == {"auth"}
+        assert after["auth"] - before["auth"] >= 0.2  # the burn, child gone, still counted
+        use = CpuUse.between(before, after, window_s=2.0, requests=100)
+        assert use.ms_per_request["platform"] == use.ms_per_request["auth"] > 2.0
+        assert use.cores_busy is not None and use.cores_busy > 0.1
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_cpu_use_groups_instances_and_says_none_without_requests():
+    assert [component_group(c) for c in ("auth-1", "users-2", "postgres", "redis-exporter")] == [
+        "auth", "users", "postgres", "redis-exporter",
+    ]  # fmt: skip
+    use = CpuUse.between({"auth": 1.0, "postgres": 2.0}, {"auth": 3.0, "postgres": 2.5},
+                         window_s=10, requests=0)  # fmt: skip
+    assert use.seconds == {"auth": 2.0, "postgres": 0.5} and use.total_s == 2.5
+    assert use.ms_per_request["platform"] is None and use.cores_busy == 0.25
 
 
 def test_suite_progress_reads_pytest_q_lines():

@@ -155,6 +155,11 @@ def test_open_arrival_mode_holds_its_rate_and_the_report_says_which_mode_ran(tmp
     assert 0.75 * expected <= started <= 1.25 * rate * client["duration_s"], (started, expected)
     assert client["aggregated"]["failures"] == 0
     assert code == EXIT_GO, report["notes"]
+    # the stack's CPU over the load window, per service and for the whole
+    cpu = report["cpu"]
+    assert cpu["requests"] == client["aggregated"]["requests"]
+    assert {"auth", "users", "clinics", "health", "postgres", "haproxy"} <= set(cpu["seconds"])
+    assert cpu["seconds"]["auth"] > 0 and cpu["ms_per_request"]["platform"] > 0
 
 
 def test_gate_says_no_on_exactly_the_objectives_that_broke(tmp_path):

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.gate.acceptance import CriterionStatus
+from harness.gate.cpu import CpuUse
 from harness.gate.drill import DrillResult, FaultResult
 from harness.gate.recovery import DrillStatus
 from harness.gate.result import GateResult, Series, plain
@@ -176,6 +177,18 @@ def _server(fault: FaultResult) -> str:
 # --- Markdown ------------------------------------------------------------------
 
 
+def cpu_line(cpu: CpuUse) -> str:
+    """``CPU per request: platform 2.41 ms (auth 1.80, ...)``, with the window's totals."""
+    per = cpu.ms_per_request
+    parts = ", ".join(f"{group} {_num(per[group])}" for group in cpu.seconds)
+    text = (
+        f"CPU per request served: platform {_num(per['platform'])} ms ({parts}); "
+        f"{cpu.total_s:.1f} CPU-seconds over {cpu.window_s:.0f} s ({_num(cpu.cores_busy)} cores) "
+        f"for {cpu.requests:,} requests"
+    )
+    return text + (f"; {cpu.note}" if cpu.note else "") + "."
+
+
 def render_markdown(result: GateResult) -> str:
     lines = [
         f"## Release gate: **{_headline(result)}**",
@@ -222,6 +235,8 @@ def render_markdown(result: GateResult) -> str:
             f"| {p.requests:,} | {p.failures:,} |"
             for p in result.client.endpoints
         ]
+    if result.cpu is not None:
+        lines += ["", cpu_line(result.cpu)]
     if result.suites:
         s = result.suites
         lines += [
@@ -497,6 +512,10 @@ def render_html(result: GateResult) -> str:
             ),
             f"<p>Peak users: {result.client.users_peak:,}.</p>",
         ]  # fmt: skip
+    if result.cpu is not None:
+        sections.append(
+            f"<h2>CPU of the stack over the load window</h2><p>{e(cpu_line(result.cpu))}</p>"
+        )
     if result.memory_mb:
         sections.append(
             "<h2>Memory of the whole stack (RSS)</h2><p>"

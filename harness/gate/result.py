@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.gate.acceptance import CriterionResult
+from harness.gate.cpu import CpuUse
 from harness.gate.crosscheck import CrossCheck
 from harness.gate.drill import DrillResult
 from harness.gate.suites import SuiteResults
@@ -33,6 +34,7 @@ class GateResult:
     suites: SuiteResults | None
     client: ClientFigures | None
     memory_mb: dict[str, float | None] = field(default_factory=dict)  # idle / peak
+    cpu: CpuUse | None = None  # the stack's CPU over the load window
     series: dict[str, Series] = field(default_factory=dict)  # name -> points
     targets: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()
@@ -53,7 +55,7 @@ def plain(value: Any) -> Any:
         data = {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         for name in (
             "label", "users_peak", "duration_s", "difference", "recovery_s", "down_in_window",
-            "verifiable", "availability",
+            "verifiable", "availability", "total_s", "ms_per_request", "cores_busy",
         ):  # fmt: skip
             if hasattr(type(value), name) and isinstance(getattr(type(value), name), property):
                 data[name] = plain(getattr(value, name))

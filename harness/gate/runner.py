@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.exceptions import ConfigurationError, HarnessError
 from harness.gate.acceptance import CRITERIA, assess
+from harness.gate.cpu import CpuUse, sample_cpu
 from harness.gate.crosscheck import cross_check
 from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.evidence import read_objectives
@@ -238,11 +239,26 @@ class GateRun:
                 target_users=profile.peak_users,
             )
             started = time.monotonic()
+            components = _component_pids(supervisor)
+            cpu_before = sample_cpu(components)
             with PeakMemory(pids) as peak:
                 client = run_load(
                     load, progress=self.progress, timeout_s=profile.duration_s * 2 + 300
                 )
             timings["load"] = time.monotonic() - started
+            cpu = (
+                CpuUse.between(
+                    cpu_before,
+                    sample_cpu(components),
+                    window_s=timings["load"],
+                    requests=client.aggregated.requests,
+                    note="the stack's processes only: the load generator is not counted yet",
+                )
+                if components
+                else None
+            )
+            if cpu is None:
+                notes.append("CPU not measured: the provider did not start the processes")
             if client.capacity is not None:
                 notes.append(client.capacity.line)
             window = (client.started_at, client.ended_at)
@@ -309,6 +325,7 @@ class GateRun:
             suites=suites,
             client=client,
             memory_mb=memory,
+            cpu=cpu,
             series=series,
             targets=targets,
             notes=tuple(notes)
@@ -404,3 +421,11 @@ class GateRun:
         if (drill := result.recovery) is not None:
             self.progress(f"  resilience drill {drill.status.value}: {drill.reason}")
         self.progress(f"report: {paths['html']}")
+
+
+def _component_pids(supervisor: Supervisor | None) -> dict[str, int]:
+    """Each running component's main pid (empty without a supervisor)."""
+    if supervisor is None:
+        return {}
+    pids = {name: supervisor.pid(name) for name in supervisor.components}
+    return {name: pid for name, pid in pids.items() if pid is not None}

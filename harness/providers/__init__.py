@@ -74,6 +74,10 @@ class Supervisor(Protocol):
         """Host pids of every process the provider started (for the memory figures)."""
         ...
 
+    def pid(self, component: str) -> int | None:
+        """Host pid of the component's main process (``None`` when it is down)."""
+        ...
+
     def isolate(self, component: str, *, from_: Sequence[str]) -> None:
         """Cut the component off from the components ``from_`` (``isolate("auth-1",
         from_=("postgres", "redis"))``) while everything else still reaches it and
