@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from harness.gate.acceptance import Criterion, CriterionStatus, assess
-from harness.gate.cpu import CpuUse, component_group, sample_cpu, tree_cpu_seconds
+from harness.gate.cpu import (
+    CpuUse,
+    GeneratorUse,
+    LateStarts,
+    TreeSampler,
+    component_group,
+    sample_cpu,
+    tree_cpu_seconds,
+)
 from harness.gate.crosscheck import cross_check
 from harness.gate.evidence import read_objectives
 from harness.gate.memory import tree_rss_bytes
@@ -229,6 +237,98 @@ def test_cpu_use_groups_instances_and_says_none_without_requests():
                          window_s=10, requests=0)  # fmt: skip
     assert use.seconds == {"auth": 2.0, "postgres": 0.5} and use.total_s == 2.5
     assert use.ms_per_request["platform"] is None and use.cores_busy == 0.25
+
+
+def _burner(seconds: float, *, then_sleep_s: float = 0.0):
+    """A real process that burns ``seconds`` of CPU, then sleeps, then exits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time\n"
+        f"end = time.process_time() + {seconds}\n"
+        "while time.process_time() < end: pass\n"
+        f"time.sleep({then_sleep_s})\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_the_generators_cpu_is_the_kernels_total_within_ten_percent():
+    """A process that burns a known CPU time (1 s, plus the interpreter's start)
+    is measured by ``run_load``'s reaping (``os.wait4``) within 10 %."""
+    from harness.loadrun import _reap
+
+    process = _burner(1.0)
+    cpu_s = None
+    while process.returncode is None:
+        cpu_s = _reap(process)
+        time.sleep(0.05)
+    assert process.returncode == 0
+    assert cpu_s is not None and 1.0 <= cpu_s <= 1.1, cpu_s
+
+
+def test_a_stack_component_burning_a_known_cpu_time_is_measured_within_ten_percent():
+    process = _burner(1.0, then_sleep_s=30)
+    try:
+        before = sample_cpu({"clinics-1": process.pid})
+        time.sleep(1.6)  # the burn is over; it sleeps now
+        after = sample_cpu({"clinics-1": process.pid})
+        use = CpuUse.between(before, after, window_s=1.6, requests=1000)
+        assert 0.9 <= use.seconds["clinics"] <= 1.1, use.seconds
+        assert 0.9 <= use.ms_per_request["clinics"] <= 1.1
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_saturated_generator_is_flagged_and_an_idle_one_is_not():
+    """The sampler reads a real process's busiest core: one spinning for 3 s
+    is over the 80 % limit (its client figures are unreliable); one asleep is not."""
+    spinning = _burner(3.0)
+    asleep = _burner(0.0, then_sleep_s=3.0)
+    try:
+        with (
+            TreeSampler(spinning.pid, interval_s=0.25) as busy,
+            TreeSampler(asleep.pid, interval_s=0.25) as idle,
+        ):
+            spinning.wait()
+            asleep.wait()
+    finally:
+        for process in (spinning, asleep):
+            process.kill()
+            process.wait()
+    saturated = GeneratorUse(cpu_s=3.0, window_s=3.0, requests=300,
+                             busiest_core_share=busy.busiest_share(span_s=1.0))  # fmt: skip
+    assert saturated.busiest_core_share is not None and saturated.busiest_core_share > 0.8
+    assert not saturated.reliable
+    assert "busiest core was" in saturated.unreliable_because[0]
+    calm = GeneratorUse(cpu_s=0.05, window_s=3.0, requests=300,
+                        busiest_core_share=idle.busiest_share(span_s=1.0))  # fmt: skip
+    assert calm.busiest_core_share is not None and calm.busiest_core_share < 0.2
+    assert calm.reliable and calm.ms_per_request == pytest.approx(0.167, abs=0.001)
+
+
+def test_late_open_arrival_starts_flag_the_client_figures():
+    on_time = LateStarts(scheduled=10_000, late=50, very_late=0, max_late_ms=14.0)
+    behind = LateStarts(scheduled=10_000, late=900, very_late=300, max_late_ms=640.0)
+    merged = LateStarts.merged([on_time, behind])
+    assert merged == LateStarts(scheduled=20_000, late=950, very_late=300, max_late_ms=640.0)
+    assert GeneratorUse(1.0, 10.0, 100, 0.3, late_starts=on_time).reliable
+    flagged = GeneratorUse(1.0, 10.0, 100, 0.3, late_starts=behind)
+    assert flagged.unreliable_because == (
+        "900 of 10,000 requests (9.0%) started over 10 ms later than scheduled, "
+        "the latest by 640 ms",
+    )
+
+
+def test_password_hashing_is_reported_apart_from_the_platform():
+    use = CpuUse.between({"auth": 0.0, "users": 0.0}, {"auth": 8.0, "users": 2.0},
+                         window_s=10, requests=1000,
+                         hashing={"verify": (6.0, 100), "hash": (0.5, 5)})  # fmt: skip
+    assert use.hashing_s == 6.5
+    assert use.platform_ms_without_hashing == 3.5  # (10 - 6.5) s / 1000 requests
+    assert use.hashing_ms_each == {"verify": 60.0, "hash": 100.0}
+    assert CpuUse.between({}, {"auth": 1.0}, window_s=1, requests=1).hashing_s is None
 
 
 def test_suite_progress_reads_pytest_q_lines():

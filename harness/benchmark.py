@@ -125,6 +125,7 @@ def summarise(report: dict[str, Any], wall_s: float) -> str:
         f"- server error ratio {objective('error_ratio')}; availability "
         f"{objective('availability')}",
         f"- stack RSS idle {memory.get('idle')} MB, peak {memory.get('peak')} MB",
+        *cpu_lines(report),
     ]
     capacity = client.get("capacity")
     if capacity:
@@ -137,6 +138,42 @@ def summarise(report: dict[str, Any], wall_s: float) -> str:
         for e in sorted(client.get("endpoints", []), key=lambda e: -e["requests"])
     ]
     return "\n".join(lines)
+
+
+def cpu_lines(report: dict[str, Any]) -> list[str]:
+    """CPU per request of the platform (per component, and without password
+    hashing) and of the load generator, from a report.json."""
+    lines = []
+    cpu = report.get("cpu")
+    if cpu:
+        per = cpu["ms_per_request"]
+        parts = ", ".join(f"{g} {_ms2(per.get(g))}" for g in cpu["seconds"])
+        lines.append(
+            f"- platform CPU per request {_ms2(per.get('platform'))} ms, without password "
+            f"hashing {_ms2(cpu.get('platform_ms_without_hashing'))} ms ({parts}); "
+            f"{cpu.get('cores_busy')} cores busy"
+        )
+        each = cpu.get("hashing_ms_each") or {}
+        if each:
+            lines.append(
+                "- password hashing CPU: "
+                + ", ".join(
+                    f"{op} {_ms2(ms)} ms x {cpu['hashing'][op][1]:,}" for op, ms in each.items()
+                )
+            )
+    generator = (report.get("client") or {}).get("generator")
+    if generator:
+        share = generator.get("busiest_core_share")
+        lines.append(
+            f"- load generator CPU per request {_ms2(generator.get('ms_per_request'))} ms, "
+            f"busiest core {'n/a' if share is None else f'{share:.0%}'}"
+            + "".join(f"; UNRELIABLE: {why}" for why in generator.get("unreliable_because", []))
+        )
+    return lines
+
+
+def _ms2(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _ms(value: float | None) -> str:

@@ -4,14 +4,23 @@ Locust runs in its own process (it monkey-patches the standard library with
 gevent, which the harness must not inherit). Its CSV output is the client's
 view of the run: per endpoint and aggregated counts and percentiles, and the
 history over time. Progress lines are printed while it runs.
+
+The generator is watched too (``harness.gate.cpu.GeneratorUse``): its CPU
+(the kernel's own total for the reaped process tree), its busiest core, and
+in the open arrival model how late requests started against their schedule
+(the project's locustfile writes that with ``--lateness-dir``). When it could
+not keep up, the client figures say so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.exceptions import LoadRunError
+from harness.gate.cpu import GeneratorUse, LateStarts, TreeSampler
 
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
 Progress = Callable[[str], None]
@@ -50,6 +60,11 @@ class LoadRunConfig:
     # the run can be ended early through ``stop_file`` (the project's locustfile
     # knows --stop-file; a locustfile of one's own may not)
     stoppable: bool = False
+
+    @property
+    def lateness_dir(self) -> Path:
+        """Where the locustfile writes how late open-arrival requests started."""
+        return self.out_dir / "lateness"
 
     @property
     def stop_file(self) -> Path:
@@ -82,6 +97,8 @@ class LoadRunConfig:
             command += ["--stop-file", str(self.stop_file)]
         if self.arrival_rate > 0:
             command += ["--arrival-rate", str(self.arrival_rate)]
+            if self.locustfile == LOCUSTFILE:  # a locustfile of one's own may not know it
+                command += ["--lateness-dir", str(self.lateness_dir)]
         if self.processes > 1:
             command += ["--processes", str(self.processes)]
         return command
@@ -145,6 +162,12 @@ class ClientFigures:
     history: tuple[HistoryPoint, ...] = field(default=())
     target_users: int = 0  # the profile's peak, when known
     capacity: CapacityFinding | None = None  # the capacity profile's answer
+    generator: GeneratorUse | None = None  # the load generator's own CPU and pace
+
+    @property
+    def unreliable_because(self) -> tuple[str, ...]:
+        """Why these figures measure the generator as much as the platform."""
+        return self.generator.unreliable_because if self.generator else ()
 
     @property
     def users_peak(self) -> int:
@@ -275,20 +298,22 @@ def run_load(
     profile's shape ends the run at its next tick, as if the profile were over."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
     config.stop_file.unlink(missing_ok=True)
+    shutil.rmtree(config.lateness_dir, ignore_errors=True)
     log_path = config.out_dir / "locust.log"
     prefix = config.out_dir / "locust"
     command = config.command()
     started = time.time()
-    with log_path.open("w") as log:
+    cpu_s: float | None = None
+    with log_path.open("w") as log, contextlib.ExitStack() as watching:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        sampler = watching.enter_context(TreeSampler(process.pid))
         try:
             said = time.monotonic()
             while True:
-                try:
-                    process.wait(timeout=0.5)
+                cpu_s = _reap(process)
+                if process.returncode is not None:
                     break
-                except subprocess.TimeoutExpired:
-                    pass
+                time.sleep(0.5)
                 if stop is not None and stop.is_set() and config.stoppable:
                     config.stop_file.touch()  # once; then wait for it to finish
                     stop = None
@@ -321,4 +346,41 @@ def run_load(
         prefix, started_at=started, ended_at=ended, target_users=config.target_users
     )
     capacity = CapacityFinding.from_log(log_path.read_text(errors="replace"))
-    return dataclasses.replace(figures, capacity=capacity)
+    busy_from = min(
+        (float(p.timestamp) for p in figures.history if p.requests_per_second > 0),
+        default=started,
+    )
+    generator = GeneratorUse(
+        cpu_s=cpu_s,
+        window_s=round(ended - started, 1),
+        requests=figures.aggregated.requests,
+        busiest_core_share=sampler.busiest_share(since=busy_from),
+        late_starts=read_late_starts(config.lateness_dir),
+    )
+    return dataclasses.replace(figures, capacity=capacity, generator=generator)
+
+
+def _reap(process: subprocess.Popen) -> float | None:
+    """Reap ``process`` if it ended (setting its returncode) and return the CPU
+    seconds it and its reaped children used, from the kernel (``wait4``)."""
+    pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return round(usage.ru_utime + usage.ru_stime, 3)
+
+
+def read_late_starts(directory: Path) -> LateStarts | None:
+    """Merge the ``lateness-<pid>.json`` files the locustfile's processes wrote."""
+    parts = []
+    for path in sorted(directory.glob("lateness-*.json")):
+        data = json.loads(path.read_text())
+        parts.append(
+            LateStarts(
+                scheduled=int(data["scheduled"]),
+                late=int(data["late"]),
+                very_late=int(data["very_late"]),
+                max_late_ms=float(data["max_late_ms"]),
+            )
+        )
+    return LateStarts.merged(parts)

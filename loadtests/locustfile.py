@@ -112,6 +112,13 @@ def _add_options(parser) -> None:
         default=0.0,
         help="open model: requests started per second regardless of answers (0 = closed model)",
     )
+    parser.add_argument(
+        "--lateness-dir",
+        env_var="ATENDEAI_LATENESS_DIR",
+        default="",
+        help="open model: when the run ends, write how late requests started against their "
+        "schedule here (lateness-<pid>.json): a generator that falls behind is measuring itself",
+    )
 
 
 class AccountPool:
@@ -294,6 +301,43 @@ def _write_json(path: Path, data: dict) -> None:
 EVIDENCE = RunEvidence()
 
 
+class LateStartCounter:
+    """Open model: how much later than scheduled each request started. A
+    generator whose loop is too busy to start requests on time measures
+    itself, not the platform (the harness marks its figures unreliable)."""
+
+    LATE_S = 0.010
+    VERY_LATE_S = 0.100
+
+    def __init__(self) -> None:
+        self.scheduled = 0
+        self.late = 0
+        self.very_late = 0
+        self.max_late_s = 0.0
+
+    def started(self, late_s: float) -> None:
+        self.scheduled += 1
+        if late_s > self.LATE_S:
+            self.late += 1
+            if late_s > self.VERY_LATE_S:
+                self.very_late += 1
+        self.max_late_s = max(self.max_late_s, late_s)
+
+    def save(self, directory: str) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        data = {
+            "scheduled": self.scheduled,
+            "late": self.late,
+            "very_late": self.very_late,
+            "max_late_ms": round(self.max_late_s * 1000, 1),
+        }
+        _write_json(path / f"lateness-{os.getpid()}.json", data)
+
+
+LATE_STARTS = LateStartCounter()
+
+
 @events.request.add_listener
 def _count_request(request_type, name, start_time=None, response=None, exception=None, **_kw):
     EVIDENCE.request(request_type, name, start_time, response, exception)
@@ -304,6 +348,9 @@ def _save_evidence(environment, **_kwargs) -> None:
     options = environment.parsed_options
     if options is not None and options.evidence_dir and not _is_master(environment):
         EVIDENCE.save(options.evidence_dir)
+    open_model = options is not None and options.arrival_rate > 0
+    if open_model and options.lateness_dir and not _is_master(environment):
+        LATE_STARTS.save(options.lateness_dir)
 
 
 class SignedInUser(FastHttpUser):
@@ -491,19 +538,21 @@ class OpenArrivalUser(SignedInUser):
     @task
     def schedule(self) -> None:
         options = self.environment.parsed_options
-        next_start = time.monotonic()
+        scheduled = time.monotonic()
         in_flight = gevent.pool.Pool(self.max_in_flight)
         while True:
+            # waits while max_in_flight requests are unanswered: that start is late
+            in_flight.spawn(self._one_request, scheduled)
             # each of the N running users starts one request every N / rate
             # seconds: together, the rate (N is re-read while users spawn)
             users = max(1, self.environment.runner.user_count)
-            next_start += users / options.arrival_rate
-            in_flight.spawn(self._one_request)
-            delay = next_start - time.monotonic()
+            scheduled += users / options.arrival_rate
+            delay = scheduled - time.monotonic()
             if delay > 0:
                 gevent.sleep(delay)
 
-    def _one_request(self) -> None:
+    def _one_request(self, scheduled: float) -> None:
+        LATE_STARTS.started(time.monotonic() - scheduled)
         if random.random() < 0.7:
             self.client.get("/clinics/me", headers=self.headers(), name="/clinics/me")
         else:

@@ -160,6 +160,14 @@ def test_open_arrival_mode_holds_its_rate_and_the_report_says_which_mode_ran(tmp
     assert cpu["requests"] == client["aggregated"]["requests"]
     assert {"auth", "users", "clinics", "health", "postgres", "haproxy"} <= set(cpu["seconds"])
     assert cpu["seconds"]["auth"] > 0 and cpu["ms_per_request"]["platform"] > 0
+    # bcrypt apart: every sign-in is one verify
+    signed_in = next(e["requests"] for e in client["endpoints"] if e["name"] == "/auth/login")
+    assert cpu["hashing"]["verify"][1] == pytest.approx(signed_in, abs=1)
+    assert cpu["hashing"]["verify"][0] > 0 and cpu["platform_ms_without_hashing"] > 0
+    # the generator's own cost, and its schedule (every request started is counted)
+    generator = client["generator"]
+    assert generator["cpu_s"] > 0 and generator["busiest_core_share"] is not None
+    assert generator["late_starts"]["scheduled"] >= started
 
 
 def test_gate_says_no_on_exactly_the_objectives_that_broke(tmp_path):

@@ -7,14 +7,23 @@ descendant (PostgreSQL's backends), including what finished descendants left
 in their parent's ``cutime``/``cstime`` once reaped, so a backend that ended
 inside the window still counts. Two samples around the load give ``CpuUse``:
 seconds per component, and milliseconds per request served.
+
+The load generator is measured apart (``GeneratorUse``): its total CPU comes
+from the kernel's accounting when it is reaped (``os.wait4``), and its
+busiest-core share from ``TreeSampler``, which reads each of its processes
+once a second. One Locust process is one gevent loop on one core: when that
+share nears 100 %, the client's clock measures the generator, not the
+platform.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.processes import children_by_parent
@@ -37,9 +46,7 @@ def _own_cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / CLOCK_TICKS
 
 
-def tree_cpu_seconds(root: int, children: Mapping[int, Iterable[int]] | None = None) -> float:
-    """CPU seconds of ``root`` and its live descendants (with what reaped ones left)."""
-    children = children_by_parent() if children is None else children
+def _tree(root: int, children: Mapping[int, Iterable[int]]) -> set[int]:
     seen: set[int] = set()
     todo = [root]
     while todo:
@@ -47,7 +54,88 @@ def tree_cpu_seconds(root: int, children: Mapping[int, Iterable[int]] | None = N
         if pid not in seen:
             seen.add(pid)
             todo.extend(children.get(pid, ()))
-    return sum(_own_cpu_seconds(pid) for pid in seen)
+    return seen
+
+
+def tree_cpu_seconds(root: int, children: Mapping[int, Iterable[int]] | None = None) -> float:
+    """CPU seconds of ``root`` and its live descendants (with what reaped ones left)."""
+    children = children_by_parent() if children is None else children
+    return sum(_own_cpu_seconds(pid) for pid in _tree(root, children))
+
+
+def _self_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of one process alone (no reaped children); None when gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+#: One sample: wall time, and CPU seconds so far of each process of the tree.
+Sample = tuple[float, dict[int, float]]
+
+
+class TreeSampler:
+    """Reads the CPU of every process under ``root`` every ``interval_s``, on a thread.
+
+    ``with TreeSampler(pid) as sampler: ...`` then ``sampler.busiest_share()``:
+    the highest share of one core any single process of the tree used over
+    ``span_s`` consecutive seconds (one process runs on one core at a time).
+    """
+
+    def __init__(self, root: int, *, interval_s: float = 1.0) -> None:
+        self.root = root
+        self.interval_s = interval_s
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval_s):
+                return
+
+    def sample(self) -> None:
+        pids = _tree(self.root, children_by_parent())
+        cpu = {pid: c for pid in pids if (c := _self_cpu_seconds(pid)) is not None}
+        if cpu:
+            self.samples.append((time.time(), cpu))
+
+    def busiest_share(self, *, since: float = 0.0, span_s: float = 5.0) -> float | None:
+        return busiest_share(self.samples, since=since, span_s=span_s)
+
+
+def busiest_share(
+    samples: list[Sample], *, since: float = 0.0, span_s: float = 5.0
+) -> float | None:
+    """The highest share of a core one process used over any ``span_s`` stretch
+    starting at or after ``since`` (None: no such stretch was sampled)."""
+    samples = [s for s in samples if s[0] >= since]
+    best: float | None = None
+    end = 0
+    for start, (t0, cpu0) in enumerate(samples):
+        end = max(end, start + 1)
+        while end < len(samples) and samples[end][0] - t0 < span_s:
+            end += 1
+        if end >= len(samples):
+            break
+        t1, cpu1 = samples[end]
+        for pid, seconds in cpu1.items():
+            if pid in cpu0:
+                share = (seconds - cpu0[pid]) / (t1 - t0)
+                best = share if best is None else max(best, share)
+    return None if best is None else round(best, 3)
 
 
 def component_group(component: str) -> str:
@@ -74,6 +162,9 @@ class CpuUse:
     requests: int
     seconds: dict[str, float]  # group -> CPU seconds in the window
     note: str = ""  # what the figure leaves out
+    # bcrypt on its own, from the services' password_hashing_* counters over the
+    # window: operation (hash, verify) -> (CPU seconds, how many); empty: unknown
+    hashing: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     @classmethod
     def between(
@@ -84,12 +175,19 @@ class CpuUse:
         window_s: float,
         requests: int,
         note: str = "",
+        hashing: Mapping[str, tuple[float, int]] | None = None,
     ) -> CpuUse:
         seconds = {
             group: round(max(0.0, after[group] - before.get(group, 0.0)), 3)
             for group in sorted(after)
         }
-        return cls(window_s=round(window_s, 1), requests=requests, seconds=seconds, note=note)
+        return cls(
+            window_s=round(window_s, 1),
+            requests=requests,
+            seconds=seconds,
+            note=note,
+            hashing={op: (round(s, 3), n) for op, (s, n) in (hashing or {}).items()},
+        )
 
     @property
     def total_s(self) -> float:
@@ -104,9 +202,120 @@ class CpuUse:
         return {**per, "platform": round(1000 * self.total_s / self.requests, 3)}
 
     @property
+    def hashing_s(self) -> float | None:
+        """bcrypt's CPU seconds in the window (None: the services do not say)."""
+        if not self.hashing:
+            return None
+        return round(sum(seconds for seconds, _ in self.hashing.values()), 3)
+
+    @property
+    def platform_ms_without_hashing(self) -> float | None:
+        """The platform's CPU per request served, password hashing left out: the
+        figure to drive down (hashing is a fixed, deliberate cost)."""
+        if self.requests <= 0 or self.hashing_s is None:
+            return None
+        return round(1000 * (self.total_s - self.hashing_s) / self.requests, 3)
+
+    @property
+    def hashing_ms_each(self) -> dict[str, float | None]:
+        """CPU milliseconds per hash: ``verify`` (a sign-in), ``hash`` (a new or
+        changed password)."""
+        return {
+            op: round(1000 * seconds / count, 1) if count else None
+            for op, (seconds, count) in self.hashing.items()
+        }
+
+    @property
     def cores_busy(self) -> float | None:
         """The stack's average CPU use over the window, in cores."""
         return round(self.total_s / self.window_s, 2) if self.window_s > 0 else None
 
 
-__all__ = ["CpuUse", "component_group", "sample_cpu", "tree_cpu_seconds"]
+#: Above this share of one core, the generator's clock measures itself.
+GENERATOR_BUSY_LIMIT = 0.8
+#: An open-arrival request that started more than this late was "late"; more
+#: than LATE_SHARE_LIMIT of them and the client figures are unreliable.
+LATE_MS = 10.0
+LATE_SHARE_LIMIT = 0.01
+
+
+@dataclass(frozen=True)
+class LateStarts:
+    """Open arrival: how many requests started later than scheduled (like k6's
+    dropped iterations, but counted and timed)."""
+
+    scheduled: int
+    late: int  # more than LATE_MS late
+    very_late: int  # more than 100 ms late
+    max_late_ms: float
+
+    @property
+    def late_share(self) -> float:
+        return self.late / self.scheduled if self.scheduled else 0.0
+
+    @classmethod
+    def merged(cls, parts: Iterable[LateStarts]) -> LateStarts | None:
+        parts = list(parts)
+        if not parts:
+            return None
+        return cls(
+            scheduled=sum(p.scheduled for p in parts),
+            late=sum(p.late for p in parts),
+            very_late=sum(p.very_late for p in parts),
+            max_late_ms=max(p.max_late_ms for p in parts),
+        )
+
+
+@dataclass(frozen=True)
+class GeneratorUse:
+    """The load generator's own CPU over its run, and whether it kept up."""
+
+    cpu_s: float | None  # user + system of every generator process (None: not measured)
+    window_s: float
+    requests: int
+    busiest_core_share: float | None  # highest 5 s share of one core of one process
+    late_starts: LateStarts | None = None  # open arrival only
+    busy_limit: float = GENERATOR_BUSY_LIMIT
+
+    @property
+    def ms_per_request(self) -> float | None:
+        if self.cpu_s is None or self.requests <= 0:
+            return None
+        return round(1000 * self.cpu_s / self.requests, 3)
+
+    @property
+    def unreliable_because(self) -> tuple[str, ...]:
+        """Why the client-side figures measure the generator as much as the
+        platform (empty: they can be trusted)."""
+        reasons = []
+        share = self.busiest_core_share
+        if share is not None and share > self.busy_limit:
+            reasons.append(
+                f"the load generator's busiest core was {share:.0%} busy "
+                f"(over {self.busy_limit:.0%}): it could not keep up"
+            )
+        late = self.late_starts
+        if late is not None and late.late_share > LATE_SHARE_LIMIT:
+            reasons.append(
+                f"{late.late:,} of {late.scheduled:,} requests ({late.late_share:.1%}) "
+                f"started over {LATE_MS:g} ms later than scheduled, the latest by "
+                f"{late.max_late_ms:.0f} ms"
+            )
+        return tuple(reasons)
+
+    @property
+    def reliable(self) -> bool:
+        return not self.unreliable_because
+
+
+__all__ = [
+    "GENERATOR_BUSY_LIMIT",
+    "CpuUse",
+    "GeneratorUse",
+    "LateStarts",
+    "TreeSampler",
+    "busiest_share",
+    "component_group",
+    "sample_cpu",
+    "tree_cpu_seconds",
+]

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.gate.acceptance import CriterionStatus
-from harness.gate.cpu import CpuUse
+from harness.gate.cpu import CpuUse, GeneratorUse
 from harness.gate.drill import DrillResult, FaultResult
 from harness.gate.recovery import DrillStatus
 from harness.gate.result import GateResult, Series, plain
@@ -186,7 +186,34 @@ def cpu_line(cpu: CpuUse) -> str:
         f"{cpu.total_s:.1f} CPU-seconds over {cpu.window_s:.0f} s ({_num(cpu.cores_busy)} cores) "
         f"for {cpu.requests:,} requests"
     )
+    if cpu.hashing_s is not None:
+        each = cpu.hashing_ms_each
+        counts = ", ".join(
+            f"{count:,} {op} at {_num(each[op])} ms each" for op, (_, count) in cpu.hashing.items()
+        )
+        text += (
+            f"; of which password hashing {cpu.hashing_s:.1f} s ({counts}): without it "
+            f"{_num(cpu.platform_ms_without_hashing)} ms per request"
+        )
     return text + (f"; {cpu.note}" if cpu.note else "") + "."
+
+
+def generator_line(generator: GeneratorUse) -> str:
+    """The load generator's own cost and whether it kept up."""
+    busiest = generator.busiest_core_share
+    text = (
+        f"Load generator: {_num(generator.cpu_s)} CPU-seconds, "
+        f"{_num(generator.ms_per_request)} ms per request; busiest core "
+        + ("not sampled" if busiest is None else f"{busiest:.0%}")
+        + f" (limit {generator.busy_limit:.0%})"
+    )
+    if (late := generator.late_starts) is not None:
+        text += (
+            f"; {late.late:,} of {late.scheduled:,} scheduled requests started over 10 ms late "
+            f"({late.very_late:,} over 100 ms, the latest by {late.max_late_ms:.0f} ms)"
+        )
+    why = generator.unreliable_because
+    return text + (f". CLIENT FIGURES UNRELIABLE: {'; '.join(why)}." if why else ". It kept up.")
 
 
 def render_markdown(result: GateResult) -> str:
@@ -237,6 +264,8 @@ def render_markdown(result: GateResult) -> str:
         ]
     if result.cpu is not None:
         lines += ["", cpu_line(result.cpu)]
+    if result.client is not None and result.client.generator is not None:
+        lines += ["", generator_line(result.client.generator)]
     if result.suites:
         s = result.suites
         lines += [
@@ -498,8 +527,15 @@ def render_html(result: GateResult) -> str:
             ),
         ]  # fmt: skip
     if result.client:
+        unreliable = result.client.unreliable_because
         sections += [
             "<h2>Per endpoint (load generator, and the services' own p95)</h2>",
+            *(
+                [f"<p><b>CLIENT-SIDE FIGURES UNRELIABLE:</b> {e('; '.join(unreliable))}"
+                 ".</p>"]
+                if unreliable
+                else []
+            ),
             _table(
                 ["endpoint", "requests", "failures", "median", "p95", "p99", "req/s",
                  "server p95"],
@@ -516,6 +552,8 @@ def render_html(result: GateResult) -> str:
         sections.append(
             f"<h2>CPU of the stack over the load window</h2><p>{e(cpu_line(result.cpu))}</p>"
         )
+    if result.client is not None and result.client.generator is not None:
+        sections.append(f"<p>{e(generator_line(result.client.generator))}</p>")
     if result.memory_mb:
         sections.append(
             "<h2>Memory of the whole stack (RSS)</h2><p>"

@@ -56,6 +56,8 @@ def plain(value: Any) -> Any:
         for name in (
             "label", "users_peak", "duration_s", "difference", "recovery_s", "down_in_window",
             "verifiable", "availability", "total_s", "ms_per_request", "cores_busy",
+            "hashing_s", "platform_ms_without_hashing", "hashing_ms_each", "late_share",
+            "unreliable_because", "reliable",
         ):  # fmt: skip
             if hasattr(type(value), name) and isinstance(getattr(type(value), name), property):
                 data[name] = plain(getattr(value, name))

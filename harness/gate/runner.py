@@ -246,23 +246,27 @@ class GateRun:
                     load, progress=self.progress, timeout_s=profile.duration_s * 2 + 300
                 )
             timings["load"] = time.monotonic() - started
+            cpu_after = sample_cpu(components)
+            if client.capacity is not None:
+                notes.append(client.capacity.line)
+            notes.extend(
+                f"client-side figures are unreliable: {why}" for why in client.unreliable_because
+            )
+            window = (client.started_at, client.ended_at)
+            self._wait_for_last_scrape(reader, window[1])
             cpu = (
                 CpuUse.between(
                     cpu_before,
-                    sample_cpu(components),
+                    cpu_after,
                     window_s=timings["load"],
                     requests=client.aggregated.requests,
-                    note="the stack's processes only: the load generator is not counted yet",
+                    hashing=self._hashing(reader, window, notes),
                 )
                 if components
                 else None
             )
             if cpu is None:
                 notes.append("CPU not measured: the provider did not start the processes")
-            if client.capacity is not None:
-                notes.append(client.capacity.line)
-            window = (client.started_at, client.ended_at)
-            self._wait_for_last_scrape(reader, window[1])
             # the SLO window's own figures, before the drill breaks anything
             series = self._series(reader, client, window, notes)
             endpoint_p95_ms = self._endpoint_p95(reader, window, notes)
@@ -351,6 +355,28 @@ class GateRun:
             notes.append(f"per-endpoint server p95: {error}")
             return {}
         return {label: value * 1000 for label, value in sorted(by_route.items())}
+
+    def _hashing(
+        self, reader: PrometheusReader, window: tuple[float, float], notes: list[str]
+    ) -> dict[str, tuple[float, int]]:
+        """bcrypt's CPU seconds and count per operation over the window, from
+        the services' own counters (empty when they do not publish them)."""
+        seconds = max(1, round(window[1] - window[0]))
+        try:
+            cpu = reader.by_labels(
+                f"sum by (operation) (increase(password_hashing_cpu_seconds_total[{seconds}s]))",
+                window[1],
+                ("operation",),
+            )
+            counts = reader.by_labels(
+                f"sum by (operation) (increase(password_hashing_total[{seconds}s]))",
+                window[1],
+                ("operation",),
+            )
+        except QueryError as error:
+            notes.append(f"password hashing CPU: {error}")
+            return {}
+        return {op: (cpu[op], round(counts.get(op, 0))) for op in sorted(cpu)}
 
     def _drill(
         self,
