@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.gate.acceptance import CriterionStatus
+from harness.gate.buckets import Bucket, bucket_text
 from harness.gate.cpu import CpuUse, GeneratorUse
 from harness.gate.drill import DrillResult, FaultResult
 from harness.gate.recovery import DrillStatus
@@ -63,6 +64,13 @@ def format_value(result: ObjectiveResult, value: float | None = None) -> str:
     if unit == "ratio":
         return f"{value * 100:.3f} %"
     return f"{value:,.0f}" if unit == "count" else f"{value:.2f}"
+
+
+def value_with_bucket(result: ObjectiveResult, buckets: dict[str, Bucket]) -> str:
+    """``243.0 ms (bucket 200-250 ms)``: the interpolated value and what it truly says."""
+    bucket = buckets.get(result.objective.name)
+    shown = format_value(result)
+    return f"{shown} ({bucket_text(bucket)})" if bucket is not None else shown
 
 
 def _threshold(result: ObjectiveResult) -> str:
@@ -235,7 +243,8 @@ def render_markdown(result: GateResult) -> str:
     ]
     for r in result.objectives:
         lines.append(
-            f"| {r.objective.name} | {format_value(r)} | {format_samples(r)} | {_threshold(r)} "
+            f"| {r.objective.name} | {value_with_bucket(r, result.buckets)} | {format_samples(r)} "
+            f"| {_threshold(r)} "
             f"| {status_text(r)} |"
         )
     lines += [f"- {r.objective.name}: {r.reason}" for r in result.objectives if not r.verifiable]
@@ -243,14 +252,15 @@ def render_markdown(result: GateResult) -> str:
     if result.cross_checks:
         lines += [
             "",
-            "| figure | server | client | difference | agrees |",
-            "| --- | --- | --- | --- | --- |",
+            "| figure | server | client | difference | tolerance | agrees |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for c in result.cross_checks:
             lines.append(
                 f"| {c.objective} | {_num(c.server)} {c.unit} | {_num(c.client)} {c.unit} | "
-                f"{_num(c.difference)} | {_agreement(c.agrees)} |"
+                f"{_num(c.difference)} | {c.tolerance} | {_agreement(c.agrees)} |"
             )
+        lines += sorted({f"- {c.note}" for c in result.cross_checks if c.note})
     if result.client and result.client.endpoints:
         lines += [
             "",
@@ -468,7 +478,8 @@ def render_html(result: GateResult) -> str:
             ["objective", "value", "samples", "threshold", "margin", "status", "why", "query"],
             [
                 [
-                    e(r.objective.name), format_value(r), e(format_samples(r)), e(_threshold(r)),
+                    e(r.objective.name), e(value_with_bucket(r, result.buckets)),
+                    e(format_samples(r)), e(_threshold(r)),
                     e(_margin(r)), _badge(status_text(r)), e(r.reason),
                     f"<code>{e(result.queries.get(r.objective.name, r.objective.query))}</code>"
                     + (
@@ -498,7 +509,9 @@ def render_html(result: GateResult) -> str:
         sections += [
             "<h2>Server and client views</h2>",
             "<p>Server figures come from Prometheus; client figures from the load "
-            "generator's raw data for the same window.</p>",
+            "generator's raw data for the same window. Client percentiles are Locust's "
+            "(exact below 100 ms, to 10 ms below 1 s).</p>",
+            *sorted({f"<p><b>{e(c.note)}</b></p>" for c in result.cross_checks if c.note}),
             _table(
                 ["figure", "server", "client", "difference", "tolerance", "agree"],
                 [

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.gate.acceptance import CriterionResult
+from harness.gate.buckets import Bucket
 from harness.gate.cpu import CpuUse
 from harness.gate.crosscheck import CrossCheck
 from harness.gate.drill import DrillResult
@@ -47,6 +48,8 @@ class GateResult:
     sample_queries: dict[str, str] = field(default_factory=dict)  # objective -> its count
     # every scrape target's up-ness over the load window (None: it could not be read)
     target_uptime: tuple[TargetUptime, ...] | None = ()
+    # the histogram bucket each percentile objective's value falls in (seconds)
+    buckets: dict[str, Bucket] = field(default_factory=dict)
 
 
 def plain(value: Any) -> Any:

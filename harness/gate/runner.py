@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.exceptions import ConfigurationError, HarnessError
 from harness.gate.acceptance import CRITERIA, assess
+from harness.gate.buckets import objective_buckets
 from harness.gate.cpu import CpuUse, sample_cpu
 from harness.gate.crosscheck import cross_check
 from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
@@ -27,7 +28,13 @@ from harness.gate.evidence import read_objectives
 from harness.gate.memory import PeakMemory, megabytes, tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader, QueryError
 from harness.gate.recovery import DrillStatus
-from harness.gate.report import format_samples, format_value, status_text, write_reports
+from harness.gate.report import (
+    format_samples,
+    format_value,
+    status_text,
+    value_with_bucket,
+    write_reports,
+)
 from harness.gate.result import GateResult
 from harness.gate.suites import SuiteResults, run_suites
 from harness.loadrun import ClientFigures, LoadRunConfig, run_load
@@ -300,6 +307,8 @@ class GateRun:
                 profile=self.config.profile,
                 evidence=readings.evidence,
             )
+            buckets, bucket_notes = objective_buckets(results, reader, window[1])
+            notes.extend(bucket_notes)
             notes.extend(
                 f"objective {o.name} does not apply to the {self.config.profile} profile"
                 for o in slo.objectives
@@ -324,7 +333,8 @@ class GateRun:
             queries=readings.queries,
             sample_queries=readings.sample_queries,
             target_uptime=readings.targets,
-            cross_checks=tuple(cross_check(results, client)),
+            cross_checks=tuple(cross_check(results, client, buckets)),
+            buckets=buckets,
             acceptance=tuple(assess(CRITERIA, suites, results, drill)),
             suites=suites,
             client=client,
@@ -438,7 +448,8 @@ class GateRun:
         self.progress(f"verdict: {result.verdict.value.upper()}")
         for r in result.objectives:
             self.progress(
-                f"  {status_text(r):14} {r.objective.name:14} {format_value(r):>12}  "
+                f"  {status_text(r):14} {r.objective.name:14} "
+                f"{value_with_bucket(r, result.buckets):>12}  "
                 f"({r.objective.comparator} {format_value(r, r.objective.threshold)}; "
                 f"samples {format_samples(r)})"
             )
