@@ -27,6 +27,15 @@ and answers ``DatabaseUnavailable`` (503 ``database_unavailable``), never a hang
 Only a broken connection or no connection in time is "unavailable": an
 ``OperationalError`` on a live connection (a deadlock, a serialization
 failure) is the query's own error, answered as before.
+
+Every connection's cursors time the services' statements (``TimedCursor``)
+and ``_transaction`` times each transaction, into
+``db_query_duration_seconds{kind}`` (``statement``, ``transaction``): the
+spec's "Database < 50 ms (queries simples)", read by the release gate.
+A statement is timed from the moment it is sent until its whole result has
+been read, whether it succeeded or failed (a statement cut by the deadline
+counts its seconds); the pool wait is outside, and so are the statements this
+module sends itself (``OWN_STATEMENTS``), which are no service's query.
 """
 
 from __future__ import annotations
@@ -43,13 +52,13 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from system_under_test.errors import DatabaseUnavailable
-from system_under_test.metrics import DB_POOL_CONNECTIONS
+from system_under_test.metrics import DB_POOL_CONNECTIONS, DB_QUERY_DURATION
 
 log = logging.getLogger("atendeai.db")
 
@@ -62,6 +71,14 @@ RECONNECT_GIVE_UP_S = 4.0
 PING_DEADLINE_S = 1.5
 #: At most one drain of the pool per this many seconds.
 DRAIN_INTERVAL_S = 1.0
+
+#: The tenant context of a transaction (``set_context``).
+SET_CONTEXT_SQL = "SELECT atendeai.set_request_context(%s, %s, %s, %s, %s)"
+#: What this module sends itself to open, end, scope or probe a transaction:
+#: not timed as a statement (no service's query; a transaction's time has them).
+OWN_STATEMENTS = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SELECT 1", SET_CONTEXT_SQL})
+_STATEMENT_SECONDS = DB_QUERY_DURATION.labels("statement")
+_TRANSACTION_SECONDS = DB_QUERY_DURATION.labels("transaction")
 
 #: Set by ``discard_commits()``: this request's transactions roll back where
 #: they would commit (the ``ack_uncommitted`` defect of ``ATENDEAI_FAULTS``).
@@ -82,7 +99,7 @@ class TenantContext:
 async def set_context(conn: AsyncConnection, context: TenantContext) -> None:
     """Set (or replace) the tenant context of the current transaction."""
     await conn.execute(
-        "SELECT atendeai.set_request_context(%s, %s, %s, %s, %s)",
+        SET_CONTEXT_SQL,
         (
             context.clinic_id,
             context.user_id,
@@ -91,6 +108,20 @@ async def set_context(conn: AsyncConnection, context: TenantContext) -> None:
             context.request_id,
         ),
     )
+
+
+class TimedCursor(AsyncCursor):
+    """The pool's cursors: every statement a service sends is timed (one
+    ``perf_counter`` pair and one histogram observation), ``OWN_STATEMENTS`` not."""
+
+    async def execute(self, query, params=None, *, prepare=None, binary=None):
+        if query.__class__ is str and query in OWN_STATEMENTS:
+            return await super().execute(query, params, prepare=prepare, binary=binary)
+        started = time.perf_counter()
+        try:
+            return await super().execute(query, params, prepare=prepare, binary=binary)
+        finally:
+            _STATEMENT_SECONDS.observe(time.perf_counter() - started)
 
 
 @contextmanager
@@ -142,6 +173,7 @@ class Database:
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,
+                "cursor_factory": TimedCursor,
                 "connect_timeout": connect_timeout_s,
             },
             timeout=acquire_timeout_s,
@@ -189,26 +221,30 @@ class Database:
     @asynccontextmanager
     async def _transaction(self, context: TenantContext | None) -> AsyncIterator[AsyncConnection]:
         async with self._checked_out("BEGIN", self.deadline_s) as conn:
+            began = time.perf_counter()
             try:
-                if context is not None:
-                    await set_context(conn, context)
-                yield conn
-            except BaseException:
-                if conn.pgconn.transaction_status in (
-                    TransactionStatus.INTRANS,
-                    TransactionStatus.INERROR,
-                ):
-                    with suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
-                raise
-            if _COMMITS_DISCARDED.get():
-                log.warning(
-                    "ATENDEAI_FAULTS ack_uncommitted: transaction ROLLED BACK on purpose; "
-                    "the response will say it was saved"
-                )
-                await conn.execute("ROLLBACK")
-            else:
-                await conn.execute("COMMIT")
+                try:
+                    if context is not None:
+                        await set_context(conn, context)
+                    yield conn
+                except BaseException:
+                    if conn.pgconn.transaction_status in (
+                        TransactionStatus.INTRANS,
+                        TransactionStatus.INERROR,
+                    ):
+                        with suppress(psycopg.Error):
+                            await conn.execute("ROLLBACK")
+                    raise
+                if _COMMITS_DISCARDED.get():
+                    log.warning(
+                        "ATENDEAI_FAULTS ack_uncommitted: transaction ROLLED BACK on purpose; "
+                        "the response will say it was saved"
+                    )
+                    await conn.execute("ROLLBACK")
+                else:
+                    await conn.execute("COMMIT")
+            finally:
+                _TRANSACTION_SECONDS.observe(time.perf_counter() - began)
 
     @asynccontextmanager
     async def _checked_out(self, first: str, deadline_s: float) -> AsyncIterator[AsyncConnection]:

@@ -14,6 +14,10 @@ Rules are separated by ``;``; each is ``METHOD /route/template ACTION [every=K]`
   and a request that is inside PostgreSQL when PostgreSQL goes away (a query
   longer than ``ATENDEAI_DB_DEADLINE_SECONDS``, 5 s by default, is cut there:
   503 ``database_unavailable``);
+- ``slow_cache=Nms`` (the clinic reads only: ``GET /clinics/me`` and
+  ``GET /clinics/{clinic_id}``, the routes that read the cache): the request's
+  cache read answers N milliseconds late, after its Redis ``GET``, as from a
+  slow Redis; a hit's time (``cache_hit_duration_seconds``) includes it;
 - ``error=500`` or ``error=503``: answer that status with code ``fault_injected``,
   through the platform's normal error path (the one JSON error shape);
 - ``raise``: raise a plain ``RuntimeError`` inside the handler, as a bug would;
@@ -41,7 +45,7 @@ service process counts the requests that reach a route's handler (after
 authentication and body parsing) from 1, and a rule applies to the K-th,
 2K-th, ... of them. The share is exactly known, so a test can compute the true
 percentiles and error ratio in advance (``FaultPlan.outcome``). The delays
-(and slow queries) of every rule that applies add up; then the first
+(and slow queries, and slow cache reads) of every rule that applies add up; then the first
 ``error``/``raise`` rule that applies (in the order written) fails the request;
 an ``ack_uncommitted`` rule that applies discards the request's commits.
 
@@ -66,6 +70,7 @@ from typing import TYPE_CHECKING, Literal
 
 from system_under_test.db import discard_commits
 from system_under_test.errors import ApiError, Unavailable
+from system_under_test.services.clinics import slow_cache_reads
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -83,9 +88,11 @@ FAILING_QUERY = "SELECT id FROM atendeai.fault_injection_no_such_table WHERE id 
 
 log = logging.getLogger("atendeai.faults")
 
-Action = Literal["delay", "slow_query", "error", "raise", "ack_uncommitted", "stuck"]
+Action = Literal["delay", "slow_query", "slow_cache", "error", "raise", "ack_uncommitted", "stuck"]
 #: The methods that write: ``ack_uncommitted`` applies to their routes only.
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+#: The routes that read the clinic cache: ``slow_cache`` applies to them only.
+CACHE_READ_ROUTES = (("GET", "/clinics/me"), ("GET", "/clinics/{clinic_id}"))
 
 
 class FaultSpecError(ValueError):
@@ -115,7 +122,7 @@ class FaultRule:
     method: str
     route: str
     action: Action
-    delay_ms: int = 0  # delay, slow_query
+    delay_ms: int = 0  # delay, slow_query, slow_cache
     status: int = 0  # error
     kind: str = ""  # raise: "exception" or "database"
     every: int = 1
@@ -128,6 +135,7 @@ class FaultRule:
         action = {
             "delay": f"delay={self.delay_ms}ms",
             "slow_query": f"slow_query={self.delay_ms}ms",
+            "slow_cache": f"slow_cache={self.delay_ms}ms",
             "error": f"error={self.status}",
             "raise": "raise" if self.kind == "exception" else f"raise={self.kind}",
             "ack_uncommitted": "ack_uncommitted",
@@ -146,11 +154,12 @@ class Outcome:
     slow_query_ms: int = 0  # in PostgreSQL
     failure: FaultRule | None = None
     discard_commits: bool = False  # ack_uncommitted: answered as saved, rolled back
+    slow_cache_ms: int = 0  # in the cache read (while Redis answers)
 
     @property
     def added_ms(self) -> int:
-        """The latency the plan adds to the request."""
-        return self.delay_ms + self.slow_query_ms
+        """The latency the plan adds to the request (``slow_cache``: while Redis answers)."""
+        return self.delay_ms + self.slow_query_ms + self.slow_cache_ms
 
 
 @dataclass(frozen=True)
@@ -173,9 +182,10 @@ class FaultPlan:
         chosen = [r for r in self.rules_for(method, route) if r.applies_to(count)]
         delay = sum(r.delay_ms for r in chosen if r.action == "delay")
         slow_query = sum(r.delay_ms for r in chosen if r.action == "slow_query")
+        slow_cache = sum(r.delay_ms for r in chosen if r.action == "slow_cache")
         failure = next((r for r in chosen if r.action in ("error", "raise")), None)
         discard = any(r.action == "ack_uncommitted" for r in chosen)
-        return Outcome(delay, slow_query, failure, discard)
+        return Outcome(delay, slow_query, failure, discard, slow_cache)
 
     def stuck_after_db_error(self, routes: Iterable[tuple[str, str]]) -> bool:
         """Whether a ``stuck_after_db_error`` rule names one of ``routes`` (a service's)."""
@@ -189,12 +199,12 @@ class FaultPlan:
 # --- parsing -------------------------------------------------------------------------
 
 
-_DELAY = re.compile(r"^(delay|slow_query)=(\d+)ms$")
+_DELAY = re.compile(r"^(delay|slow_query|slow_cache)=(\d+)ms$")
 _ERROR = re.compile(r"^error=(\d+)$")
 _EVERY = re.compile(r"^every=(\d+)$")
 USAGE = (
     "expected rules separated by ';', each 'METHOD /route/template ACTION [every=K]' "
-    "with ACTION one of delay=Nms, slow_query=Nms, error=500, error=503, raise, "
+    "with ACTION one of delay=Nms, slow_query=Nms, slow_cache=Nms, error=500, error=503, raise, "
     "raise=database, ack_uncommitted, stuck_after_db_error "
     "(e.g. 'GET /clinics/me delay=300ms every=4; GET /users error=500 every=10')"
 )
@@ -247,7 +257,13 @@ def _parse_rule(
         kind, delay_ms = match.group(1), int(match.group(2))
         if not 1 <= delay_ms <= MAX_DELAY_MS:
             raise FaultSpecError(f"{where}: {kind} must be 1..{MAX_DELAY_MS} ms, not {delay_ms}")
-        waits: Action = "delay" if kind == "delay" else "slow_query"
+        if kind == "slow_cache" and (method, route) not in CACHE_READ_ROUTES:
+            reads = " and ".join(f"{m} {r}" for m, r in CACHE_READ_ROUTES)
+            raise FaultSpecError(
+                f"{where}: slow_cache slows the cache read: name a route that reads the "
+                f"cache ({reads}), not {method} {route}"
+            )
+        waits: Action = kind  # type: ignore[assignment]  # delay, slow_query, slow_cache
         return FaultRule(method, route, waits, delay_ms=delay_ms, every=every)
     if match := _ERROR.match(action):
         status = int(match.group(1))
@@ -277,7 +293,7 @@ def _parse_rule(
         if kind not in RAISE_KINDS:
             raise FaultSpecError(f"{where}: raise={kind} is unknown (raise, raise=database)")
         return FaultRule(method, route, "raise", kind=kind, every=every)
-    if action.startswith(("delay=", "slow_query=")):
+    if action.startswith(("delay=", "slow_query=", "slow_cache=")):
         raise FaultSpecError(f"{where}: {action!r}: write the time in milliseconds, e.g. 250ms")
     raise FaultSpecError(f"{where}: unknown action {action!r}; {USAGE}")
 
@@ -322,6 +338,12 @@ def _faulty(plan: FaultPlan, route: Route):
         if outcome.slow_query_ms:
             async with call.platform.db.unscoped() as conn:
                 await conn.execute("SELECT pg_sleep(%s)", (outcome.slow_query_ms / 1000,))
+        if outcome.slow_cache_ms:  # the handler's cache read answers late
+            with slow_cache_reads(outcome.slow_cache_ms / 1000):
+                return await _fail_or_handle(call, outcome, count)
+        return await _fail_or_handle(call, outcome, count)
+
+    async def _fail_or_handle(call: Call, outcome: Outcome, count: int) -> web.StreamResponse:
         failure = outcome.failure
         if failure is None and outcome.discard_commits:
             log.warning(

@@ -113,6 +113,8 @@ def test_services_publish_the_design_section_9_metrics(stack):
     clinics = httpx.get(f"{stack.services['clinics']}/metrics").text
     for result in ("hit", "miss"):
         assert f'cache_requests_total{{cache="clinic",result="{result}"}}' in clinics
+    # the spec's "Cache < 10 ms (hit)": 10 ms a bucket bound (harness/slos/default.yaml)
+    assert 'cache_hit_duration_seconds_bucket{cache="clinic",le="0.01"}' in clinics
     for name, url in stack.services.items():
         text = httpx.get(f"{url}/metrics").text
         assert f'atendeai_service_info{{service="{name}",version=' in text
@@ -120,6 +122,9 @@ def test_services_publish_the_design_section_9_metrics(stack):
             "http_server_request_duration_seconds_bucket",
             "http_server_requests_in_flight",
             'db_pool_connections{state="size"}',
+            # the spec's "Database < 50 ms (queries simples)": 50 ms a bucket bound
+            'db_query_duration_seconds_bucket{kind="statement",le="0.05"}',
+            'db_query_duration_seconds_count{kind="transaction"}',
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
         ):

@@ -16,17 +16,22 @@ cache is only consulted for the caller's own clinic, and RLS hides the rest.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 import unicodedata
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from aiohttp import web
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
 from system_under_test.errors import Conflict, NotFound, StoreUnavailable, ValidationFailed
-from system_under_test.metrics import CACHE_REQUESTS
+from system_under_test.metrics import CACHE_HIT_DURATION, CACHE_REQUESTS
 from system_under_test.passwords import hash_password
 from system_under_test.routing import ALL_ROLES, Call, Route, json_response
 from system_under_test.schemas import (
@@ -48,10 +53,42 @@ PLATFORM_ADMINS = frozenset({"platform_admin"})
 #: Room for "-" and 8 hex digits of the id within the 63 characters of a slug.
 MAX_DERIVED_SLUG = 54
 JSON_COLUMNS = frozenset({"department_emails", "working_hours", "ai_personality", "ai_behavior"})
+_HIT_SECONDS = CACHE_HIT_DURATION.labels("clinic")
+#: Set by ``slow_cache_reads()``: this request's cache read answers that many
+#: seconds late (the ``slow_cache`` fault of ``ATENDEAI_FAULTS``).
+_CACHE_READS_LATE: ContextVar[float] = ContextVar("atendeai_cache_reads_late", default=0.0)
 
 
 def cache_key(clinic_id: uuid.UUID) -> str:
     return f"atendeai:cache:clinic:{clinic_id}"
+
+
+@contextmanager
+def slow_cache_reads(seconds: float) -> Iterator[None]:
+    """Within this block (this request's task), the cache read answers ``seconds``
+    late, after its Redis ``GET``, as from a slow Redis: for ``ATENDEAI_FAULTS``
+    ``slow_cache`` only."""
+    token = _CACHE_READS_LATE.set(seconds)
+    try:
+        yield
+    finally:
+        _CACHE_READS_LATE.reset(token)
+
+
+async def _read_cache(call: Call, key: str) -> str | None:
+    """The cached JSON (None: a miss, or Redis away). A hit is timed into
+    ``cache_hit_duration_seconds``: a Redis connection, the ``GET`` and its decoding."""
+    started = time.perf_counter()
+    try:
+        async with call.platform.redis_guard.available("clinic cache") as redis:
+            cached = await redis.get(key)
+            if late := _CACHE_READS_LATE.get():
+                await asyncio.sleep(late)
+    except StoreUnavailable:  # the cache is an optimisation: read the database
+        return None
+    if cached is not None:
+        _HIT_SECONDS.observe(time.perf_counter() - started)
+    return cached
 
 
 def _target_clinic(call: Call) -> uuid.UUID:
@@ -68,11 +105,7 @@ async def get_clinic(call: Call) -> web.Response:
     clinic_id = _target_clinic(call)
     guard = call.platform.redis_guard
     key = cache_key(clinic_id)
-    try:
-        async with guard.available("clinic cache") as redis:
-            cached = await redis.get(key)
-    except StoreUnavailable:  # the cache is an optimisation: read the database
-        cached = None
+    cached = await _read_cache(call, key)
     if cached is not None:
         CACHE_REQUESTS.labels("clinic", "hit").inc()
         return web.Response(
