@@ -235,6 +235,12 @@ NAMED_TRUTH: dict[str, Callable[[Run], Truth]] = {
 }
 
 
+#: Objectives whose truth this run does not know (its defects slow the handlers,
+#: not PostgreSQL, Redis or HAProxy): test_performance_objectives proves each on
+#: windows of known defects, where it must hold on normal traffic and fail.
+CALIBRATED_ELSEWHERE = frozenset({"p95_db_query", "p95_cache_hit", "gateway_overhead"})
+
+
 # --- the gate's figures --------------------------------------------------------------------
 
 
@@ -264,6 +270,8 @@ def check_slo_file(path: Path, run: Run) -> list[ObjectiveResult]:
         objective = result.objective
         if objective.source == "drill":
             continue  # the resilience drill's own figures: test_resilience_drill, test_drill_units
+        if objective.name in CALIBRATED_ELSEWHERE:
+            continue
         if objective.name not in NAMED_TRUTH:
             problems.append(f"{objective.name}: no known truth (add what its name says here)")
             continue
@@ -460,7 +468,7 @@ def test_the_error_ratio_and_availability_are_within_a_tenth_of_a_point(run: Run
 def test_the_default_slo_file_computes_what_its_names_say_and_holds_the_spec(run: Run):
     results = check_slo_file(DEFAULT_SLO_FILE, run)
     names = {r.objective.name for r in results if r.objective.source != "drill"}
-    assert names == set(NAMED_TRUTH), names
+    assert names == set(NAMED_TRUTH) | CALIBRATED_ELSEWHERE, names
 
 
 # --- proofs: a wrong SLO file turns the same check red --------------------------------------

@@ -86,6 +86,11 @@ class HAProxySettings:
     ``fast_interval``) after the previous one ended. Measured on 2 busy cores:
     killed 1.5 s; frozen 5.3 s; cut off from PostgreSQL and Redis 4.2-4.7 s
     (its /ready said 503 in 1.5 s), 5.8 s while requests kept it busy.
+
+    ``server_maxconn`` (None: no limit, the default) caps the requests HAProxy
+    has in flight to each instance; the rest wait in HAProxy's queue (its
+    ``queue_time``). Only a test sets it: a gateway that makes requests queue,
+    which the ``gateway_overhead`` objective must see.
     """
 
     check_interval: str = "1s"
@@ -96,12 +101,15 @@ class HAProxySettings:
     # a busy instance's /ready may take over a second; only a silent one is out
     check_timeout: str = "2s"
     stats_refresh: str = "5s"
+    server_maxconn: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("check_interval", "fast_interval", "down_interval", "check_timeout"):
             _seconds(getattr(self, name), name)
         if self.fall < 1 or self.rise < 1:
             raise ConfigurationError(f"fall and rise must be >= 1, not {self.fall}/{self.rise}")
+        if self.server_maxconn is not None and self.server_maxconn < 1:
+            raise ConfigurationError(f"server_maxconn must be >= 1, not {self.server_maxconn}")
 
     def worst_case_down_s(self, *, check_takes_s: float = 0.0) -> float:
         """The longest an instance that stopped passing stays in rotation, when each
@@ -145,6 +153,7 @@ def render_haproxy_config(
     back with a new address is found again; without it names resolve once.
     """
     settings = settings or HAProxySettings()
+    maxconn = "" if settings.server_maxconn is None else f" maxconn {settings.server_maxconn}"
     resolvers: list[str] = []
     dns_options = ""
     if resolver is not None:
@@ -204,7 +213,7 @@ def render_haproxy_config(
         f"    timeout check {settings.check_timeout}",
         f"    default-server check inter {settings.check_interval} "
         f"fastinter {settings.fast_interval} downinter {settings.down_interval} "
-        f"fall {settings.fall} rise {settings.rise}{dns_options}",
+        f"fall {settings.fall} rise {settings.rise}{maxconn}{dns_options}",
         "",
         "frontend gateway",
         f"    bind {bind}",
