@@ -22,8 +22,8 @@ requests through HAProxy:
 - HAProxy with ``maxconn 1`` per instance, and eight clients at once on
   ``GET /auth/me`` (5 ms in the handler, ``delay=5ms``): requests wait in
   HAProxy's queue for the one slot, which no service timer sees:
-  ``gateway_overhead`` FAILS while the services' own p95 of the route stays
-  far below 20 ms.
+  ``gateway_overhead`` FAILS, HAProxy's queue time is several times the
+  service's own mean time for the route, which its timer sees alone.
 
 Every window lies between two scrapes of every target (the gate waits for one
 after the load, too), and the windows follow one another, so each holds only
@@ -230,7 +230,7 @@ def test_cache_hits_answered_30_ms_late_fail_the_cache_objective(perf, normal_wi
 
 def test_requests_queued_in_haproxy_fail_the_gateway_objective(perf, normal_window):
     """Eight clients at once, one slot per instance: HAProxy queues the rest. The
-    services' own timers see 5-10 ms; only the gateway's figure sees the wait."""
+    service's own timer sees its 5 ms and more; only the gateway's figure sees the wait."""
     per_client = GATEWAY_REQUESTS // 8 + 1
 
     def drive() -> None:
@@ -244,13 +244,15 @@ def test_requests_queued_in_haproxy_fail_the_gateway_objective(perf, normal_wind
     window = perf.window(drive)
     result = perf.judge("gateway_overhead", window)
     assert result.status is Status.FAIL, result.reason
+    # The wait is HAProxy's queue (seven requests ahead of each, one at a time),
+    # which the service's own timer does not see: its mean stays a fraction of it.
     queued = perf.figure(
         'avg_over_time(haproxy_backend_queue_time_average_seconds{proxy="auth"}[$window])', window
     )
-    assert queued is not None and queued > 0.02, f"HAProxy's queue time: {queued}"
-    own_p95 = perf.figure(
-        "histogram_quantile(0.95, sum by (le) (rate("
-        'http_server_request_duration_seconds_bucket{route="/auth/me"}[$window])))',
+    own_mean = perf.figure(
+        'sum(increase(http_server_request_duration_seconds_sum{route="/auth/me"}[$window])) / '
+        'sum(increase(http_server_request_duration_seconds_count{route="/auth/me"}[$window]))',
         window,
     )
-    assert own_p95 is not None and own_p95 < 0.02, f"the service's own p95: {own_p95}"
+    assert queued is not None and own_mean is not None, (queued, own_mean)
+    assert queued > 0.02 and queued > 3 * own_mean, f"queue {queued} s, service {own_mean} s"
