@@ -155,3 +155,30 @@ def test_bad_tokens_are_refused(tenant):
     for header in ("Bearer", "Bearer not-a-jwt", "Basic abc", "Token x"):
         assert_error(client.get("/auth/me", headers={"Authorization": header}), 401)
     assert_error(client.get("/auth/me"), 401)
+
+
+def test_a_sign_out_takes_effect_at_once_on_every_instance_of_every_service(tenant, stack):
+    """Each process keeps its own copy of the signed-out sessions (Redis pub/sub)
+    and its own verified-token memory: right after the sign-out answers, the
+    token is refused by every instance, including those that had just served it."""
+    import httpx
+
+    reads = {"auth": "/auth/me", "users": "/users?limit=1", "clinics": "/clinics/me"}
+    instances = [
+        (url, path)
+        for service, path in reads.items()
+        for url in stack.service_instances.get(service, (stack.service_url(service),))
+    ]
+    assert len(instances) >= 3
+    with httpx.Client(timeout=10) as http:
+        for role in ("admin", "manager", "staff"):
+            pair = login(tenant, role).json()
+            headers = bearer(pair["access_token"])
+            for url, path in instances:  # every process has verified and accepted it
+                accepted = http.get(url + path, headers=headers).status_code
+                assert accepted == (403 if (role, path[:6]) == ("staff", "/users") else 200)
+            signed_out = tenant.client("auth").post("/auth/logout", headers=headers)
+            assert signed_out.status_code == 204
+            for url, path in instances:
+                answer = http.get(url + path, headers=headers)
+                assert answer.status_code == 401, (role, url, path, answer.text)

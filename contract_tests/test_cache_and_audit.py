@@ -89,6 +89,20 @@ def test_user_writes_are_audited_without_secrets(tenant, superuser_db):
     assert insert["user_agent"] == "audit-test/1.0"
 
 
+def test_a_hostile_user_agent_is_stored_verbatim_not_run(tenant, superuser_db):
+    """The tenant context travels as quoted literals with BEGIN (one round trip):
+    quotes, backslashes and statement separators in a header stay data."""
+    hostile = "x'); DROP TABLE atendeai.audit_logs; -- \\' \" $$ E'\\x00' ;"
+    admin = tenant.client("clinics", "admin")
+    answer = admin.patch(
+        "/clinics/me", json={"website": "https://ua.example"}, headers={"User-Agent": hostile}
+    )
+    assert answer.status_code == 200, answer.text
+    rows = _audit_rows(superuser_db, tenant.clinic_id, table_name="clinics", action="update")
+    assert rows[-1]["user_agent"] == hostile
+    assert rows[-1]["new_values"]["website"] == "https://ua.example"
+
+
 def test_clinic_update_is_audited(tenant, superuser_db):
     tenant.client("clinics", "admin").patch("/clinics/me", json={"website": "https://x.example"})
     rows = _audit_rows(superuser_db, tenant.clinic_id, table_name="clinics", action="update")

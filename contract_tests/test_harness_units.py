@@ -376,3 +376,75 @@ def test_cli_json_into_a_missing_directory_fails_before_starting(
 def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["up", "--help"]) == 0
     assert "--json" in capsys.readouterr().out
+
+
+# --- the platform's verified-token cache (system_under_test.tokens.VerifiedTokens) ----------
+
+
+def _signer():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from system_under_test.tokens import TokenSigner
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return TokenSigner("atendeai", "atendeai-api", public, private)
+
+
+def _token(signer, ttl: int) -> str:
+    import uuid
+
+    token, _ = signer.issue_access_token(
+        user_id=uuid.uuid4(), clinic_id=uuid.uuid4(), role="staff", family=uuid.uuid4(), ttl=ttl
+    )
+    return token
+
+
+def test_a_verified_token_is_served_from_memory_only_while_it_is_valid() -> None:
+    import time
+
+    from system_under_test.tokens import InvalidToken, VerifiedTokens
+
+    signer = _signer()
+    verified = VerifiedTokens(signer)
+    token = _token(signer, ttl=2)
+    first = verified.principal(token)
+    assert verified.principal(token) is first  # the second use is not verified again
+    # a changed token is another key: verified afresh, and refused
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    with pytest.raises(InvalidToken):
+        verified.principal(tampered)
+    time.sleep(max(0.0, first.expires_at - time.time()) + 0.05)
+    with pytest.raises(InvalidToken, match="expired"):
+        verified.principal(token)  # past exp: dropped and refused as verify_access_token does
+
+
+def test_the_verified_token_cache_is_bounded_and_keeps_nothing_without_an_expiry() -> None:
+    import dataclasses
+
+    from system_under_test.tokens import VerifiedTokens
+
+    signer = _signer()
+    verified = VerifiedTokens(signer, max_entries=3)
+    tokens = [_token(signer, ttl=60) for _ in range(5)]
+    for token in tokens:
+        verified.principal(token)
+    assert list(verified._entries) == tokens[2:]  # the oldest dropped first
+
+    class Lax:  # a verifier that reports no expiry (as the security suite's defects)
+        def verify_access_token(self, token):
+            return dataclasses.replace(signer.verify_access_token(token), expires_at=0.0)
+
+    lax = VerifiedTokens(Lax())  # type: ignore[arg-type]
+    lax.principal(tokens[0])
+    assert not lax._entries

@@ -5,9 +5,11 @@ ones (/health, /ready, /metrics, /openapi.json), the middlewares, the
 PostgreSQL pool, Redis and the token signer.
 
 Every authenticated request checks that its session was not signed out: in
-Redis (the revoked-family marks), or, while Redis is away, in PostgreSQL
-(``sessions.revoked_at``, which every revocation writes too): the check is
-never skipped (docs/platform.md, "When a dependency is away").
+the process's own copy of the revoked families (``revocations``, kept by
+Redis pub/sub), or, while that copy is not live, in Redis (the revoked-family
+marks), or, while Redis is away, in PostgreSQL (``sessions.revoked_at``, which
+every revocation writes too): the check is never skipped (docs/platform.md,
+"When a dependency is away").
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,6 +30,7 @@ from system_under_test.errors import StoreUnavailable, Unauthorized
 from system_under_test.faults import announce, injected_statuses, with_faults
 from system_under_test.middleware import build_middlewares
 from system_under_test.redisguard import RedisGuard, connect_redis
+from system_under_test.revocations import RevocationWatch, revoked_family_key
 from system_under_test.routing import (
     JSON_OBJECT,
     PROMETHEUS_TEXT,
@@ -39,7 +42,7 @@ from system_under_test.routing import (
     to_aiohttp,
 )
 from system_under_test.schemas import CheckResult, Liveness, Readiness
-from system_under_test.tokens import InvalidToken, Principal, TokenSigner
+from system_under_test.tokens import InvalidToken, Principal, TokenSigner, VerifiedTokens
 
 VERSION = "0.1.0"
 PLATFORM_KEY = web.AppKey("platform", object)
@@ -68,10 +71,6 @@ SELECT EXISTS (
 """
 
 
-def revoked_family_key(family: object) -> str:
-    return f"atendeai:revoked-family:{family}"
-
-
 @dataclass
 class Platform:
     """What every handler of a service can reach."""
@@ -82,6 +81,11 @@ class Platform:
     redis: Redis
     redis_guard: RedisGuard
     signer: TokenSigner
+    revocations: RevocationWatch
+    verified_tokens: VerifiedTokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.verified_tokens = VerifiedTokens(self.signer)
 
     async def authenticate(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
@@ -92,7 +96,7 @@ class Platform:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            principal = self.signer.verify_access_token(token.strip())
+            principal = self.verified_tokens.principal(token.strip())
         except InvalidToken:
             raise Unauthorized(
                 "invalid or expired token",
@@ -104,17 +108,19 @@ class Platform:
         return principal
 
     async def session_revoked(self, principal: Principal) -> bool:
-        """The Redis mark of the session's family; PostgreSQL's record while Redis is away."""
+        """The process's copy of the revoked families while it is live; otherwise
+        the Redis mark of the session's family; PostgreSQL's record while Redis is away."""
+        known = self.revocations.revoked(principal.session_family)
+        if known is not None:
+            return known
         try:
             async with self.redis_guard.available("session check") as redis:
                 return bool(await redis.exists(revoked_family_key(principal.session_family)))
         except StoreUnavailable:
             pass
         context = TenantContext(clinic_id=principal.clinic_id, user_id=principal.user_id)
-        async with self.db.tenant(context) as conn:
-            cursor = await conn.execute(FAMILY_REVOKED_SQL, (principal.session_family,))
-            row = await cursor.fetchone()
-        return bool(row and row["revoked"])
+        rows = await self.db.read(context, FAMILY_REVOKED_SQL, (principal.session_family,))
+        return bool(rows and rows[0]["revoked"])
 
     async def audit_denied(self, request: web.Request, principal: Principal, route: Route) -> None:
         call = Call(request, self, None, principal)
@@ -267,6 +273,11 @@ def create_app(service: str, settings: Settings) -> web.Application:
             public_key=settings.jwt_public_key,
             private_key=settings.jwt_private_key if service == "auth" else None,
         ),
+        revocations=RevocationWatch(
+            settings.redis_url,
+            timeout_s=settings.redis_timeout_seconds,
+            ttl_s=settings.access_token_ttl_seconds,
+        ),
     )
     app[PLATFORM_KEY] = platform
     metrics.initialise(
@@ -297,7 +308,9 @@ def create_app(service: str, settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application):
         await platform.db.open()
+        platform.revocations.start()
         yield
+        await platform.revocations.stop()
         await platform.db.close()
         await platform.redis.aclose()
 

@@ -45,14 +45,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -74,6 +75,9 @@ DRAIN_INTERVAL_S = 1.0
 
 #: The tenant context of a transaction (``set_context``).
 SET_CONTEXT_SQL = "SELECT atendeai.set_request_context(%s, %s, %s, %s, %s)"
+#: A tenant transaction's opening: ``BEGIN`` and its context in one round trip
+#: (the simple query protocol, the values as literals quoted by libpq).
+BEGIN_WITH_CONTEXT = sql.SQL("BEGIN; SELECT atendeai.set_request_context({}, {}, {}, {}, {})")
 #: What this module sends itself to open, end, scope or probe a transaction:
 #: not timed as a statement (no service's query; a transaction's time has them).
 OWN_STATEMENTS = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SELECT 1", SET_CONTEXT_SQL})
@@ -96,18 +100,28 @@ class TenantContext:
     request_id: str | None = None
 
 
+def _context_values(context: TenantContext) -> tuple:
+    return (
+        context.clinic_id,
+        context.user_id,
+        context.ip_address,
+        context.user_agent,
+        context.request_id,
+    )
+
+
 async def set_context(conn: AsyncConnection, context: TenantContext) -> None:
     """Set (or replace) the tenant context of the current transaction."""
-    await conn.execute(
-        SET_CONTEXT_SQL,
-        (
-            context.clinic_id,
-            context.user_id,
-            context.ip_address,
-            context.user_agent,
-            context.request_id,
-        ),
-    )
+    await conn.execute(SET_CONTEXT_SQL, _context_values(context))
+
+
+def opening(context: TenantContext | None) -> str | sql.Composed:
+    """What opens a transaction: ``BEGIN``, with the tenant context when there is one
+    (one round trip instead of two: each costs the service a send, a wait and a
+    wake-up)."""
+    if context is None:
+        return "BEGIN"
+    return BEGIN_WITH_CONTEXT.format(*(sql.Literal(v) for v in _context_values(context)))
 
 
 class TimedCursor(AsyncCursor):
@@ -211,6 +225,32 @@ class Database:
         async with self._transaction(None) as conn:
             yield conn
 
+    async def read(
+        self, context: TenantContext | None, query: str, params: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
+        """The rows of one read in ``context``'s tenant (None: no tenant, as
+        ``unscoped()``), in one round trip.
+
+        The tenant context and the query go as one simple-protocol message
+        (values bound client-side, quoted by libpq): PostgreSQL runs them as one
+        implicit transaction, so the context (``set_config(..., true)``) holds
+        for the query and ends with it, as in ``tenant()``, without a BEGIN and
+        a COMMIT of their own. For a single statement that writes nothing; the
+        whole round trip is timed as the statement."""
+        started = time.perf_counter()
+        try:
+            if context is None:
+                statement, values = query, tuple(params)
+            else:
+                statement = f"{SET_CONTEXT_SQL}; {query}"
+                values = (*_context_values(context), *params)
+            async with self._checked_out(statement, self.deadline_s, params=values) as cursor:
+                if context is not None:
+                    cursor.nextset()  # the context's own result first, then the query's
+                return await cursor.fetchall()
+        finally:
+            _STATEMENT_SECONDS.observe(time.perf_counter() - started)
+
     async def ping(self) -> None:
         """``SELECT 1`` within ``PING_DEADLINE_S``; ``DatabaseUnavailable`` otherwise."""
         async with self._checked_out("SELECT 1", min(PING_DEADLINE_S, self.deadline_s)):
@@ -220,12 +260,11 @@ class Database:
 
     @asynccontextmanager
     async def _transaction(self, context: TenantContext | None) -> AsyncIterator[AsyncConnection]:
-        async with self._checked_out("BEGIN", self.deadline_s) as conn:
+        async with self._checked_out(opening(context), self.deadline_s) as cursor:
+            conn = cursor.connection
             began = time.perf_counter()
             try:
                 try:
-                    if context is not None:
-                        await set_context(conn, context)
                     yield conn
                 except BaseException:
                     if conn.pgconn.transaction_status in (
@@ -247,8 +286,15 @@ class Database:
                 _TRANSACTION_SECONDS.observe(time.perf_counter() - began)
 
     @asynccontextmanager
-    async def _checked_out(self, first: str, deadline_s: float) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection on which ``first`` has run, severed when the deadline passes.
+    async def _checked_out(
+        self,
+        first: str | sql.Composed,
+        deadline_s: float,
+        *,
+        params: Sequence[Any] | None = None,
+    ) -> AsyncIterator[AsyncCursor]:
+        """The cursor on a pooled connection on which ``first`` has run (with
+        ``params`` bound client-side when given), severed when the deadline passes.
 
         A pooled connection that turns out dead at ``first`` (PostgreSQL was
         restarted under it; nothing was done on it yet) is replaced, once, after
@@ -262,10 +308,11 @@ class Database:
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
-        conn = await self._begin(first, deadline, retry=True)
+        cursor = await self._begin(first, deadline, params=params, retry=True)
+        conn = cursor.connection
         timer = loop.call_at(deadline, _sever, conn)
         try:
-            yield conn
+            yield cursor
         except psycopg.OperationalError as error:
             if not conn.broken:
                 raise
@@ -276,8 +323,16 @@ class Database:
             timer.cancel()
             await self.pool.putconn(conn)
 
-    async def _begin(self, first: str, deadline: float, *, retry: bool) -> AsyncConnection:
-        """A connection from the pool on which ``first`` ran, by ``deadline`` (loop time)."""
+    async def _begin(
+        self,
+        first: str | sql.Composed,
+        deadline: float,
+        *,
+        params: Sequence[Any] | None,
+        retry: bool,
+    ) -> AsyncCursor:
+        """A cursor on a connection from the pool on which ``first`` ran, by
+        ``deadline`` (loop time)."""
         loop = asyncio.get_running_loop()
         try:
             conn = await self.pool.getconn(
@@ -287,7 +342,9 @@ class Database:
             raise self._unavailable(error) from None
         timer = loop.call_at(deadline, _sever, conn)
         try:
-            await conn.execute(first)
+            # not through the pool's TimedCursor: the caller times what is a statement
+            cursor = AsyncCursor(conn) if params is None else AsyncClientCursor(conn)
+            await cursor.execute(first, params)
         except psycopg.OperationalError as error:
             timer.cancel()
             await self.pool.putconn(conn)
@@ -298,13 +355,13 @@ class Database:
                 raise self._unavailable(error) from None
             log.warning("a pooled connection was found broken; trying a new one")
             await self._drain()
-            return await self._begin(first, deadline, retry=False)
+            return await self._begin(first, deadline, params=params, retry=False)
         except BaseException:
             timer.cancel()
             await self.pool.putconn(conn)
             raise
         timer.cancel()
-        return conn
+        return cursor
 
     def _unavailable(
         self, error: Exception, *, deadline_passed: bool = False

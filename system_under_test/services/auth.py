@@ -24,12 +24,13 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from system_under_test.app import Platform, audit_event, revoked_family_key
+from system_under_test.app import Platform, audit_event
 from system_under_test.db import TenantContext, set_context
 from system_under_test.errors import NotFound, RateLimited, StoreUnavailable, Unauthorized
 from system_under_test.metrics import LOGINS, RATE_LIMIT_REJECTIONS, REFRESHES
 from system_under_test.passwords import verify_password
 from system_under_test.ratelimit import hit, tightest
+from system_under_test.revocations import publish_revocation
 from system_under_test.routing import ALL_ROLES, PUBLIC, Call, Route, json_response
 from system_under_test.schemas import LoginRequest, RefreshRequest, TokenPair, User
 from system_under_test.services.queries import SELECT_USER, USER_COLUMNS
@@ -133,11 +134,10 @@ async def login(call: Call) -> web.Response:
         RATE_LIMIT_REJECTIONS.labels(decision.name).inc()
         raise RateLimited("too many login attempts; retry later", headers=headers)
 
-    async with platform.db.unscoped() as conn:
-        cursor = await conn.execute(
-            "SELECT * FROM atendeai.find_user_for_login(%s, %s)", (clinic_slug, email)
-        )
-        account = await cursor.fetchone()
+    found = await platform.db.read(
+        None, "SELECT * FROM atendeai.find_user_for_login(%s, %s)", (clinic_slug, email)
+    )
+    account = found[0] if found else None
     password_ok = await verify_password(
         body.password, account["password_hash"] if account else None
     )
@@ -180,13 +180,14 @@ async def login(call: Call) -> web.Response:
 
 
 async def _mark_revoked(platform: Platform, family: uuid.UUID, reason: str) -> None:
-    """The Redis mark that stops the family's access tokens; ``StoreUnavailable``
-    (503 ``session_store_unavailable``) when Redis is away. Called inside the
-    transaction that revokes the family in PostgreSQL, so that one rolls back."""
+    """The Redis mark that stops the family's access tokens, published to every
+    process (``revocations``); ``StoreUnavailable`` (503 ``session_store_unavailable``)
+    when Redis is away. Called inside the transaction that revokes the family in
+    PostgreSQL, so that one rolls back."""
     try:
         async with platform.redis_guard.available("sign-out") as redis:
-            await redis.set(
-                revoked_family_key(family), reason, ex=platform.settings.access_token_ttl_seconds
+            await publish_revocation(
+                redis, family, reason, platform.settings.access_token_ttl_seconds
             )
     except StoreUnavailable as error:
         raise StoreUnavailable(
@@ -194,6 +195,8 @@ async def _mark_revoked(platform: Platform, family: uuid.UUID, reason: str) -> N
             code="session_store_unavailable",
             headers=error.headers,
         ) from None
+    # every process's subscription received it in the same pass as this one's
+    await platform.revocations.seen(family)
 
 
 @dataclass(frozen=True)
@@ -278,9 +281,8 @@ async def logout(call: Call) -> web.Response:
 
 
 async def me(call: Call) -> web.Response:
-    async with call.platform.db.tenant(call.tenant()) as conn:
-        cursor = await conn.execute(SELECT_USER, (call.user.user_id,))
-        row = await cursor.fetchone()
+    rows = await call.platform.db.read(call.tenant(), SELECT_USER, (call.user.user_id,))
+    row = rows[0] if rows else None
     if row is None:
         raise NotFound("your account no longer exists")
     return json_response(User.model_validate(row))

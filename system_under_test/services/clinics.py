@@ -112,11 +112,10 @@ async def get_clinic(call: Call) -> web.Response:
             text=cached, content_type="application/json", headers={"X-Cache": "HIT"}
         )
     CACHE_REQUESTS.labels("clinic", "miss").inc()
-    async with call.platform.db.tenant(call.tenant()) as conn:
-        cursor = await conn.execute(SELECT_CLINIC, (clinic_id,))
-        row = await cursor.fetchone()
-    if row is None:
+    rows = await call.platform.db.read(call.tenant(), SELECT_CLINIC, (clinic_id,))
+    if not rows:
         raise NotFound("no such clinic")
+    row = rows[0]
     body = Clinic.model_validate(row).model_dump_json()
     try:
         async with guard.available("clinic cache") as redis:

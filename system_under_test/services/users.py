@@ -28,18 +28,17 @@ def _email_taken() -> Conflict:
 
 async def list_users(call: Call) -> web.Response:
     page: PageQuery = call.query
-    async with call.platform.db.tenant(call.tenant()) as conn:
-        cursor = await conn.execute(
-            f"SELECT {USER_COLUMNS}, count(*) OVER () AS total FROM atendeai.users "
-            "ORDER BY created_at, id LIMIT %s OFFSET %s",
-            (page.limit, page.offset),
-        )
-        rows = await cursor.fetchall()
-        if rows:
-            total = rows[0]["total"]
-        else:
-            cursor = await conn.execute("SELECT count(*) AS total FROM atendeai.users")
-            total = (await cursor.fetchone())["total"]
+    db, tenant = call.platform.db, call.tenant()
+    rows = await db.read(
+        tenant,
+        f"SELECT {USER_COLUMNS}, count(*) OVER () AS total FROM atendeai.users "
+        "ORDER BY created_at, id LIMIT %s OFFSET %s",
+        (page.limit, page.offset),
+    )
+    if rows:
+        total = rows[0]["total"]
+    else:  # a page past the end: how many there are
+        total = (await db.read(tenant, "SELECT count(*) AS total FROM atendeai.users"))[0]["total"]
     items = [User.model_validate(row) for row in rows]
     return json_response(UserPage(items=items, total=total, limit=page.limit, offset=page.offset))
 
@@ -68,11 +67,10 @@ async def create_user(call: Call) -> web.Response:
 
 async def get_user(call: Call) -> web.Response:
     user_id = call.path_id("user_id")
-    async with call.platform.db.tenant(call.tenant()) as conn:
-        cursor = await conn.execute(SELECT_USER, (user_id,))
-        row = await cursor.fetchone()
-    if row is None:
+    rows = await call.platform.db.read(call.tenant(), SELECT_USER, (user_id,))
+    if not rows:
         raise NotFound("no such user")
+    row = rows[0]
     return json_response(User.model_validate(row))
 
 
