@@ -53,7 +53,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, sql
+from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -75,9 +75,6 @@ DRAIN_INTERVAL_S = 1.0
 
 #: The tenant context of a transaction (``set_context``).
 SET_CONTEXT_SQL = "SELECT atendeai.set_request_context(%s, %s, %s, %s, %s)"
-#: A tenant transaction's opening: ``BEGIN`` and its context in one round trip
-#: (the simple query protocol, the values as literals quoted by libpq).
-BEGIN_WITH_CONTEXT = sql.SQL("BEGIN; SELECT atendeai.set_request_context({}, {}, {}, {}, {})")
 #: What this module sends itself to open, end, scope or probe a transaction:
 #: not timed as a statement (no service's query; a transaction's time has them).
 OWN_STATEMENTS = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SELECT 1", SET_CONTEXT_SQL})
@@ -113,15 +110,6 @@ def _context_values(context: TenantContext) -> tuple:
 async def set_context(conn: AsyncConnection, context: TenantContext) -> None:
     """Set (or replace) the tenant context of the current transaction."""
     await conn.execute(SET_CONTEXT_SQL, _context_values(context))
-
-
-def opening(context: TenantContext | None) -> str | sql.Composed:
-    """What opens a transaction: ``BEGIN``, with the tenant context when there is one
-    (one round trip instead of two: each costs the service a send, a wait and a
-    wake-up)."""
-    if context is None:
-        return "BEGIN"
-    return BEGIN_WITH_CONTEXT.format(*(sql.Literal(v) for v in _context_values(context)))
 
 
 class TimedCursor(AsyncCursor):
@@ -260,7 +248,14 @@ class Database:
 
     @asynccontextmanager
     async def _transaction(self, context: TenantContext | None) -> AsyncIterator[AsyncConnection]:
-        async with self._checked_out(opening(context), self.deadline_s) as cursor:
+        # BEGIN and the tenant context in one round trip (values bound client-side,
+        # as in read()): each round trip costs the service a send, a wait and a wake-up
+        first, params = (
+            ("BEGIN", None)
+            if context is None
+            else (f"BEGIN; {SET_CONTEXT_SQL}", _context_values(context))
+        )
+        async with self._checked_out(first, self.deadline_s, params=params) as cursor:
             conn = cursor.connection
             began = time.perf_counter()
             try:
@@ -288,7 +283,7 @@ class Database:
     @asynccontextmanager
     async def _checked_out(
         self,
-        first: str | sql.Composed,
+        first: str,
         deadline_s: float,
         *,
         params: Sequence[Any] | None = None,
@@ -325,7 +320,7 @@ class Database:
 
     async def _begin(
         self,
-        first: str | sql.Composed,
+        first: str,
         deadline: float,
         *,
         params: Sequence[Any] | None,
