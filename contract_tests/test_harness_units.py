@@ -450,44 +450,22 @@ def test_the_verified_token_cache_is_bounded_and_keeps_nothing_without_an_expiry
     assert not lax._entries
 
 
-def test_the_hashing_thread_runs_at_the_nice_value_it_was_given() -> None:
-    """ATENDEAI_HASHING_NICE reaches the bcrypt thread itself (Linux nice values
-    are per thread); the event loop's thread keeps its own."""
-    import os
-    import subprocess
-    import sys
+def test_the_revoked_families_copy_drops_expired_entries_as_it_grows() -> None:
+    """The per-process copy of signed-out families stays bounded: an entry
+    past the access-token TTL is dropped when the next one is noted."""
+    import time
+    import uuid
 
-    if os.geteuid() != 0:
-        pytest.skip("a negative nice value needs root")
-    code = (
-        "import asyncio, os, threading\n"
-        "from system_under_test import passwords\n"
-        "passwords.prioritise_hashing(-5)\n"
-        "seen = {}\n"
-        "def probe():\n"
-        "    seen['hashing'] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n"
-        "async def main():\n"
-        "    await passwords.hash_password('a-password', 10)\n"
-        "    await asyncio.get_running_loop().run_in_executor(passwords._BCRYPT_THREAD, probe)\n"
-        "asyncio.run(main())\n"
-        "print(seen['hashing'], os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    hashing, loop = (int(v) for v in out.stdout.split())
-    assert (hashing, loop) == (-5, 0)
+    from system_under_test.revocations import RevocationWatch
 
-
-@pytest.mark.parametrize("value", ["-21", "20", "fast"])
-def test_a_hashing_nice_out_of_range_is_refused_with_its_name(value: str, tmp_path) -> None:
-    from system_under_test.config import ConfigError, Settings
-
-    key = tmp_path / "public.pem"
-    key.write_text("not checked here")
-    env = {
-        "ATENDEAI_DATABASE_URL": "postgresql://x/y",
-        "ATENDEAI_REDIS_URL": "redis://x",
-        "ATENDEAI_JWT_PUBLIC_KEY_FILE": str(key),
-        "ATENDEAI_HASHING_NICE": value,
-    }
-    with pytest.raises(ConfigError, match="ATENDEAI_HASHING_NICE"):
-        Settings.from_env(env)
+    watch = RevocationWatch("redis://127.0.0.1:1", timeout_s=0.1, ttl_s=0.05)  # never connects
+    watch.live = True
+    first, second = uuid.uuid4(), uuid.uuid4()
+    watch._note(first)
+    assert watch.revoked(first) is True
+    time.sleep(0.1)
+    watch._note(second)
+    assert list(watch._revoked) == [second]
+    assert watch.revoked(first) is False and watch.revoked(second) is True
+    watch.live = False
+    assert watch.revoked(second) is None  # not live: the caller asks Redis

@@ -121,7 +121,13 @@ class RevocationWatch:
         await self.redis.aclose()
 
     def _note(self, family: uuid.UUID) -> None:
-        self._revoked[family] = time.monotonic() + self.ttl_s
+        now = time.monotonic()
+        # entries are kept in the order they expire (one TTL for all): the
+        # expired ones are at the front, dropped here so the copy stays bounded
+        while self._revoked and next(iter(self._revoked.values())) <= now:
+            del self._revoked[next(iter(self._revoked))]
+        self._revoked.pop(family, None)  # noted again: to the back, with its new expiry
+        self._revoked[family] = now + self.ttl_s
         if (event := self._heard.get(family)) is not None:
             event.set()
 
