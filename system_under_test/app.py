@@ -29,7 +29,6 @@ from system_under_test.db import Database, TenantContext
 from system_under_test.errors import StoreUnavailable, Unauthorized
 from system_under_test.faults import announce, injected_statuses, with_faults
 from system_under_test.middleware import build_middlewares
-from system_under_test.passwords import prioritise_hashing
 from system_under_test.redisguard import RedisGuard, connect_redis
 from system_under_test.revocations import RevocationWatch, revoked_family_key
 from system_under_test.routing import (
@@ -244,7 +243,6 @@ def create_app(service: str, settings: Settings) -> web.Application:
     # ATENDEAI_FAULTS: the routes it names get a misbehaving handler (none by default)
     routes = with_faults(settings.faults, common_routes(service, service_routes) + service_routes)
 
-    prioritise_hashing(settings.hashing_nice)
     app = web.Application(
         middlewares=build_middlewares(settings), client_max_size=settings.max_body_bytes
     )

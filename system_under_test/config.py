@@ -51,9 +51,6 @@ class Settings:
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 14 * 24 * 3600
     bcrypt_rounds: int = 10
-    #: The hashing thread's nice value (passwords.prioritise_hashing); 0 = as the
-    #: event loop. Negative needs root or CAP_SYS_NICE (refused: logged, kept at 0).
-    hashing_nice: int = 0
     login_limit_per_client: RateLimit = RateLimit(20, 60)
     login_limit_per_account: RateLimit = RateLimit(5, 60)
     cors_origins: tuple[str, ...] = ()
@@ -143,9 +140,6 @@ class Settings:
             service_urls[name.strip()] = url.strip().rstrip("/")
 
         bcrypt_rounds = integer("ATENDEAI_BCRYPT_ROUNDS", cls.bcrypt_rounds, minimum=10)
-        hashing_nice = integer("ATENDEAI_HASHING_NICE", cls.hashing_nice, minimum=-20)
-        if hashing_nice > 19:
-            raise ConfigError(f"ATENDEAI_HASHING_NICE={hashing_nice}: must be at most 19")
         private_key = (
             read_key("ATENDEAI_JWT_PRIVATE_KEY_FILE")
             if env.get("ATENDEAI_JWT_PRIVATE_KEY_FILE")
@@ -165,7 +159,6 @@ class Settings:
                 "ATENDEAI_REFRESH_TOKEN_TTL_SECONDS", cls.refresh_token_ttl_seconds
             ),
             bcrypt_rounds=bcrypt_rounds,
-            hashing_nice=hashing_nice,
             login_limit_per_client=rate_limit(
                 "ATENDEAI_LOGIN_LIMIT_PER_CLIENT", cls.login_limit_per_client
             ),

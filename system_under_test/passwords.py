@@ -13,9 +13,6 @@ from ~20 ms to seconds.
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,33 +25,7 @@ MAX_PASSWORD_BYTES = 72  # bcrypt ignores everything past this; we refuse instea
 # Checked when the account does not exist, so that an unknown e-mail costs the
 # same bcrypt time as a wrong password and answers identically.
 _DUMMY_HASH = bcrypt.hashpw(b"no such account", bcrypt.gensalt(10))
-_HASHING_NICE = 0
-log = logging.getLogger("atendeai.passwords")
-
-
-def prioritise_hashing(nice: int) -> None:
-    """Run the hashing thread at ``nice`` (set before the first hash).
-
-    A sign-in waits for its hash; every other request of the process does
-    not. A negative value puts the hash ahead of the event loops on a busy
-    machine, so a sign-in's ~60 ms of CPU is not stretched by them (Linux
-    nice values are per thread)."""
-    global _HASHING_NICE
-    _HASHING_NICE = nice
-
-
-def _hashing_thread_started() -> None:
-    if not _HASHING_NICE:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _HASHING_NICE)
-    except OSError as error:  # not root, no CAP_SYS_NICE: hashing runs at 0
-        log.warning("hashing thread kept at nice 0 (%s: %s)", type(error).__name__, error)
-
-
-_BCRYPT_THREAD = ThreadPoolExecutor(
-    max_workers=1, thread_name_prefix="bcrypt", initializer=_hashing_thread_started
-)
+_BCRYPT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
 
 
 def _counted(operation: str, function, *args):
