@@ -33,6 +33,7 @@ import gevent
 from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.exception import StopUser
 
+from harness.gate.cpu import LATE_MS, VERY_LATE_MS
 from harness.loadseed import LoadAccount, seed_load_accounts
 from harness.stack import Stack
 from harness.tenants import login_body
@@ -306,8 +307,8 @@ class LateStartCounter:
     generator whose loop is too busy to start requests on time measures
     itself, not the platform (the harness marks its figures unreliable)."""
 
-    LATE_S = 0.010
-    VERY_LATE_S = 0.100
+    LATE_S = LATE_MS / 1000
+    VERY_LATE_S = VERY_LATE_MS / 1000
 
     def __init__(self) -> None:
         self.scheduled = 0

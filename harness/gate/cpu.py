@@ -236,6 +236,7 @@ GENERATOR_BUSY_LIMIT = 0.8
 #: An open-arrival request that started more than this late was "late"; more
 #: than LATE_SHARE_LIMIT of them and the client figures are unreliable.
 LATE_MS = 10.0
+VERY_LATE_MS = 100.0
 LATE_SHARE_LIMIT = 0.01
 
 
@@ -246,7 +247,7 @@ class LateStarts:
 
     scheduled: int
     late: int  # more than LATE_MS late
-    very_late: int  # more than 100 ms late
+    very_late: int  # more than VERY_LATE_MS late
     max_late_ms: float
 
     @property
@@ -310,6 +311,8 @@ class GeneratorUse:
 
 __all__ = [
     "GENERATOR_BUSY_LIMIT",
+    "LATE_MS",
+    "VERY_LATE_MS",
     "CpuUse",
     "GeneratorUse",
     "LateStarts",

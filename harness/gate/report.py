@@ -22,7 +22,7 @@ from pathlib import Path
 
 from harness.gate.acceptance import CriterionStatus
 from harness.gate.buckets import Bucket, bucket_text
-from harness.gate.cpu import CpuUse, GeneratorUse
+from harness.gate.cpu import LATE_MS, VERY_LATE_MS, CpuUse, GeneratorUse
 from harness.gate.drill import DrillResult, FaultResult
 from harness.gate.recovery import DrillStatus
 from harness.gate.result import GateResult, Series, plain
@@ -217,8 +217,9 @@ def generator_line(generator: GeneratorUse) -> str:
     )
     if (late := generator.late_starts) is not None:
         text += (
-            f"; {late.late:,} of {late.scheduled:,} scheduled requests started over 10 ms late "
-            f"({late.very_late:,} over 100 ms, the latest by {late.max_late_ms:.0f} ms)"
+            f"; {late.late:,} of {late.scheduled:,} scheduled requests started over "
+            f"{LATE_MS:g} ms late ({late.very_late:,} over {VERY_LATE_MS:g} ms, the latest by "
+            f"{late.max_late_ms:.0f} ms)"
         )
     why = generator.unreliable_because
     return text + (f". CLIENT FIGURES UNRELIABLE: {'; '.join(why)}." if why else ". It kept up.")
