@@ -30,15 +30,12 @@ from harness.gate.cpu import (
 )
 from harness.gate.crosscheck import cross_check
 from harness.gate.evidence import read_objectives
+from harness.gate.loadrun import ClientFigures, EndpointFigures, HistoryPoint, read_locust_csv
 from harness.gate.memory import tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader
 from harness.gate.report import write_reports
 from harness.gate.result import GateResult
-from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
-from harness.loadrun import ClientFigures, EndpointFigures, HistoryPoint, read_locust_csv
-from harness.processes import LOOPBACK, free_ports, wait_until
-from harness.providers.prometheus import LocalPrometheus, PrometheusSettings, ScrapeJob
-from harness.slo import (
+from harness.gate.slo import (
     Evidence,
     Objective,
     SloFile,
@@ -50,6 +47,9 @@ from harness.slo import (
     load_slo_file,
     verdict,
 )
+from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
+from harness.processes import LOOPBACK, free_ports, wait_until
+from harness.providers.prometheus import LocalPrometheus, PrometheusSettings, ScrapeJob
 from harness.stack import Stack
 from harness.tenants import Tenant
 
@@ -297,7 +297,7 @@ def _burner(seconds: float, *, then_sleep_s: float = 0.0, niceness: int = 0):
 def test_the_generators_cpu_is_the_kernels_total_within_ten_percent():
     """A process that burns a known CPU time (1 s, plus the interpreter's start)
     is measured by ``run_load``'s reaping (``os.wait4``) within 10 %."""
-    from harness.loadrun import _reap
+    from harness.gate.loadrun import _reap
 
     process = _burner(1.0)
     cpu_s = None
@@ -414,7 +414,7 @@ def test_tree_rss_counts_this_process_and_nothing_for_dead_pids():
 
 
 def test_the_capacity_finding_is_the_last_step_that_held() -> None:
-    from harness.loadrun import CapacityFinding
+    from harness.gate.loadrun import CapacityFinding
 
     log = (
         "[..] WARNING/atendeai.capacity: capacity: 3500 users broke p95 200 ms (340 ms); "
@@ -430,7 +430,7 @@ def test_the_capacity_finding_is_the_last_step_that_held() -> None:
 
 
 def test_the_benchmark_summary_shows_objectives_in_their_units_and_both_views() -> None:
-    from harness.benchmark import summarise
+    from harness.gate.benchmark import summarise
 
     def objective(name: str, value: float, unit: str, status: str) -> dict:
         return {"objective": {"name": name, "unit": unit}, "value": value, "status": status}
@@ -540,7 +540,7 @@ def test_a_failure_beside_an_unverifiable_objective_still_fails_the_criterion():
 
 
 def test_the_benchmark_summary_shows_each_figures_samples() -> None:
-    from harness.benchmark import summarise
+    from harness.gate.benchmark import summarise
 
     report = {
         "profile": "smoke", "verdict": "no-go", "run_id": "r2", "load_mode": "closed model",

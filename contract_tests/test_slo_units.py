@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from harness.slo import (
+from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     Evidence,
     Objective,

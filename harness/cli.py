@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=cmd_images_build)
 
-    from harness import benchmark
+    from harness.gate import benchmark
     from harness.gate import command as gate_command
 
     gate_command.add_parser(commands)

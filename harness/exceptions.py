@@ -4,7 +4,11 @@
 
     HarnessError                    anything the harness raises on purpose
     ├── ConfigurationError          bad CLI flags, options or config values
+    │   └── SloFileError            an SLO file is unreadable or invalid (one line a mistake)
     ├── WaitTimeout                 wait_until() ran out of time (what, how long, last evidence)
+    ├── NotReadyYet                 a probe answered, not yet what it waits for (wait_until retries)
+    ├── PrometheusError             a Prometheus query or API call failed (endpoint, query, answer)
+    ├── LintError                   the RLS lint could not run (connect, read the catalogs)
     ├── LoginFailed                 a test user could not sign in (status and body of the answer)
     ├── LoadRunError                the load generator failed or overran (command, log tail)
     ├── DockerUnavailable           no Docker engine answers (what was tried, the fix)
@@ -33,6 +37,31 @@ class HarnessError(Exception):
 
 class ConfigurationError(HarnessError):
     """A command-line flag, pytest option or configuration value is invalid."""
+
+
+class SloFileError(ConfigurationError):
+    """The SLO file is unreadable or invalid; ``problems`` has one line per mistake."""
+
+    def __init__(self, path: object, problems: Sequence[str]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        super().__init__(
+            f"{path}: invalid SLO file:\n" + "\n".join(f"  {p}" for p in self.problems)
+        )
+
+
+class NotReadyYet(HarnessError):
+    """A readiness probe answered, but not yet what it waits for (transient:
+    ``wait_until`` retries it and shows the last one as evidence)."""
+
+
+class PrometheusError(HarnessError):
+    """Prometheus refused a request, answered an error, or a query did not give
+    what was expected; the message names the endpoint or query and the answer."""
+
+
+class LintError(HarnessError):
+    """The RLS lint could not run (cannot connect, cannot read the catalogs)."""
 
 
 class WaitTimeout(HarnessError):
@@ -250,9 +279,13 @@ __all__ = [
     "FaultNotSupported",
     "HarnessError",
     "ImageBuildError",
+    "LintError",
     "LoadRunError",
     "LoginFailed",
+    "NotReadyYet",
     "PortInUse",
+    "PrometheusError",
+    "SloFileError",
     "StackError",
     "WaitTimeout",
 ]

@@ -14,13 +14,9 @@ from typing import Any
 
 import httpx
 
-from harness.exceptions import ConfigurationError, HarnessError
+from harness.exceptions import ConfigurationError, PrometheusError, WaitTimeout
 from harness.processes import wait_until
 from harness.stack import Stack
-
-
-class PrometheusError(HarnessError):
-    """Prometheus refused a request or answered an error (the message has both)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +139,7 @@ class PrometheusClient:
                 what=f"Prometheus to see {expected} targets up",
                 retry_on=(PrometheusError,),
             )
-        except HarnessError as error:
+        except WaitTimeout as error:
             raise PrometheusError(f"{error}; targets now: {describe()}") from error
 
     # -- rules and alerts
@@ -188,7 +184,7 @@ class PrometheusClient:
                 what=f"alert {name} {wanted} to be {'/'.join(wanted_states)}",
                 retry_on=(PrometheusError,),
             )
-        except HarnessError as error:
+        except WaitTimeout as error:
             now = [(a.name, a.state, dict(a.labels)) for a in self.alerts()]
             raise PrometheusError(f"{error}; alerts now: {now}") from error
 

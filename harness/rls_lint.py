@@ -89,6 +89,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from harness.exceptions import LintError
+
 ERROR = "error"
 NOTE = "note"
 
@@ -186,10 +188,6 @@ class LintReport:
         verdict = "OK" if self.ok else "FAILED"
         lines.append(f"{verdict}: {len(self.errors)} error(s), {len(self.notes)} note(s)")
         return "\n".join(lines)
-
-
-class LintError(Exception):
-    """The lint could not run (cannot connect, cannot read the catalogs)."""
 
 
 def redact_dsn(dsn: str) -> str:

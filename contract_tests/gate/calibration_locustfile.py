@@ -1,6 +1,6 @@
 """The calibration test's load (``contract_tests/gate/test_calibration.py``).
 
-Run by the gate's own runner (``harness.loadrun.run_load``), which passes
+Run by the gate's own runner (``harness.gate.loadrun.run_load``), which passes
 ``--stack-json``, ``--load-profile`` and ``--load-profile-scale``; this file
 accepts them and takes what it needs from ``ATENDEAI_CALIBRATION`` (JSON,
 written by the test): the tokens, the login body and the user counts.
@@ -25,7 +25,7 @@ SETUP = json.loads(os.environ.get("ATENDEAI_CALIBRATION", "{}"))
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    # harness.loadrun passes these to every locustfile; the calibration needs none.
+    # harness.gate.loadrun passes these to every locustfile; the calibration needs none.
     parser.add_argument("--stack-json", default="")
     parser.add_argument("--load-profile", default="calibration", choices=["calibration"])
     parser.add_argument("--load-profile-scale", type=float, default=1.0)

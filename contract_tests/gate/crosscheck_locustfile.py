@@ -3,7 +3,7 @@
 Readers of ``GET /clinics/me`` with a token made beforehand (so no sign-in,
 whose bcrypt time would dominate a short run's p95), a short pause between
 requests; ``ATENDEAI_CROSSCHECK`` (JSON, written by the test) gives the token,
-the user count and how long to hold them. ``harness.loadrun`` passes the
+the user count and how long to hold them. ``harness.gate.loadrun`` passes the
 project's options to every locustfile: they are accepted and ignored.
 """
 

@@ -18,9 +18,9 @@ default file's p95 overall, reads, writes and login in (1, 2.5],
 a figure to another bucket. The shares are far (1.5 points or more) from the
 ranks that would move a true value to another bucket.
 
-The gate's own load runner (``harness.loadrun.run_load``) drives a short,
+The gate's own load runner (``harness.gate.loadrun.run_load``) drives a short,
 fixed load through HAProxy (``calibration_locustfile.py``); then the figures
-are read the way the gate reads them (``harness.slo`` documents,
+are read the way the gate reads them (``harness.gate.slo`` documents,
 ``harness.gate.prometheus.PrometheusReader``, the load generator's
 ``ClientFigures``). The truth comes from the fault plan and the services' own
 counters, read directly (not through Prometheus) before and after the load:
@@ -54,11 +54,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.gate.evidence import read_objectives
+from harness.gate.loadrun import ClientFigures, EndpointFigures, LoadRunConfig, run_load
 from harness.gate.prometheus import PrometheusReader
-from harness.loadrun import ClientFigures, EndpointFigures, LoadRunConfig, run_load
-from harness.prometheus_api import wait_for_stack_targets
-from harness.providers.local import LocalStackConfig, supervised_local_stack
-from harness.slo import (
+from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     ObjectiveResult,
     SloFile,
@@ -68,6 +66,8 @@ from harness.slo import (
     load_slo_file,
     parse_slo_text,
 )
+from harness.prometheus_api import wait_for_stack_targets
+from harness.providers.local import LocalStackConfig, supervised_local_stack
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password, login_body
 from system_under_test.faults import FaultPlan, parse_plan

@@ -24,9 +24,9 @@ import pytest
 
 from harness.gate.buckets import objective_buckets
 from harness.gate.crosscheck import cross_check
+from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
 from harness.gate.prometheus import PrometheusReader
-from harness.loadrun import ClientFigures, LoadRunConfig, run_load
-from harness.slo import DEFAULT_SLO_FILE, evaluate_objective, load_slo_file
+from harness.gate.slo import DEFAULT_SLO_FILE, evaluate_objective, load_slo_file
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password
 

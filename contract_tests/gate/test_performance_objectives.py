@@ -4,10 +4,10 @@
 The default SLO file reads three server-side figures over the load window:
 ``p95_db_query`` (Database < 50 ms, queries simples), ``p95_cache_hit``
 (Cache < 10 ms, hit) and ``gateway_overhead`` (Gateway < 20 ms, roteamento);
-``harness/slos/default.yaml`` states each method. Here a local stack of its
+``harness/gate/slos/default.yaml`` states each method. Here a local stack of its
 own (one instance per service) runs with defects injected on three routes
 nothing else in this module uses, and each objective is read the way the gate
-reads it (``harness.gate.evidence.read_objectives``, then ``harness.slo.evaluate``
+reads it (``harness.gate.evidence.read_objectives``, then ``harness.gate.slo.evaluate``
 with the evidence: samples and scrape targets' up-ness) over a window of real
 requests through HAProxy:
 
@@ -42,10 +42,17 @@ import pytest
 
 from harness.gate.evidence import read_objectives
 from harness.gate.prometheus import PrometheusReader
+from harness.gate.slo import (
+    DEFAULT_SLO_FILE,
+    ObjectiveResult,
+    SloFile,
+    Status,
+    evaluate,
+    load_slo_file,
+)
 from harness.prometheus_api import wait_for_stack_targets
 from harness.providers.haproxy import HAProxySettings
 from harness.providers.local import LocalStackConfig, supervised_local_stack
-from harness.slo import DEFAULT_SLO_FILE, ObjectiveResult, SloFile, Status, evaluate, load_slo_file
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, Tenant, create_tenant, hash_password
 from system_under_test.faults import FaultSpecError, Outcome, parse_plan, platform_routes

@@ -18,14 +18,14 @@ from pathlib import Path
 from harness.gate.acceptance import CRITERIA, CriterionStatus, assess
 from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
+from harness.gate.loadrun import LoadRunConfig
 from harness.gate.prometheus import PrometheusReader
 from harness.gate.recovery import DrillStatus
 from harness.gate.report import render_html, render_junit, render_markdown
 from harness.gate.result import GateResult
-from harness.loadrun import LoadRunConfig
+from harness.gate.slo import Verdict
 from harness.prometheus_api import wait_for_stack_targets
 from harness.providers import RunningStack, StackRequest, open_stack
-from harness.slo import Verdict
 from harness.stack import Credentials, PostgresEndpoints, Stack
 
 RECOVERY = next(c for c in CRITERIA if c.spec_text == "Recovery time < 2 minutos")

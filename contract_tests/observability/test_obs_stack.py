@@ -113,7 +113,7 @@ def test_services_publish_the_design_section_9_metrics(stack):
     clinics = httpx.get(f"{stack.services['clinics']}/metrics").text
     for result in ("hit", "miss"):
         assert f'cache_requests_total{{cache="clinic",result="{result}"}}' in clinics
-    # the spec's "Cache < 10 ms (hit)": 10 ms a bucket bound (harness/slos/default.yaml)
+    # the spec's "Cache < 10 ms (hit)": 10 ms a bucket bound (harness/gate/slos/default.yaml)
     assert 'cache_hit_duration_seconds_bucket{cache="clinic",le="0.01"}' in clinics
     for name, url in stack.services.items():
         text = httpx.get(f"{url}/metrics").text

@@ -16,8 +16,8 @@ from enum import StrEnum
 
 from harness.gate.drill import DrillResult
 from harness.gate.recovery import DrillStatus
+from harness.gate.slo import ObjectiveResult, Status
 from harness.gate.suites import SuiteResults
-from harness.slo import ObjectiveResult, Status
 
 
 class CriterionStatus(StrEnum):
@@ -106,7 +106,7 @@ CRITERIA: tuple[Criterion, ...] = (
         recovery_drill=True,
     ),
     # "Métricas Atuais" of the spec's performance section, each read on the
-    # server side over the load window (harness/slos/default.yaml states how).
+    # server side over the load window (harness/gate/slos/default.yaml states how).
     Criterion(
         "performance", "Auth Service < 100ms (login)",
         "p95 of POST /auth/login below 100 ms, by the auth service's own timer",

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 
 from harness.gate.prometheus import PrometheusReader, QueryError
-from harness.slo import ObjectiveResult
+from harness.gate.slo import ObjectiveResult
 
 Bucket = tuple[float, float]  # (lower, upper] in the objective's unit; upper may be inf
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.argtypes import env_pair, positive_number
 from harness.exceptions import ConfigurationError
-from harness.slo import DEFAULT_SLO_FILE
+from harness.gate.slo import DEFAULT_SLO_FILE
 from loadtests.profiles import PROFILES
 
 PROVIDERS = ("local", "containers", "external")

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from harness.gate.buckets import Bucket, bucket_text
-from harness.loadrun import ClientFigures
-from harness.slo import ObjectiveResult
+from harness.gate.loadrun import ClientFigures
+from harness.gate.slo import ObjectiveResult
 
 GATEWAY_HOP_MS = 20.0
 ERROR_RATIO_TOLERANCE = 0.005

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 from harness.exceptions import ConfigurationError, FaultNotSupported, HarnessError
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
 from harness.gate.ledger import LedgerResult, check_ledger, read_ledger
+from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
 from harness.gate.recovery import (
     CONSISTENT_READS,
     Canary,
     DrillStatus,
     haproxy_servers,
 )
-from harness.loadrun import ClientFigures, LoadRunConfig, run_load
 
 if TYPE_CHECKING:
     from harness.gate.prometheus import PrometheusReader

@@ -4,7 +4,7 @@ For each objective that applies to the profile: its value (Prometheus, the
 load generator for ``source: locust``, the resilience drill for ``source:
 drill``), how many samples it was computed from
 (``Objective.sample_count_query``, or the load generator's counts) and the
-scrape targets' up-ness over the same window. ``harness.slo.evaluate`` turns
+scrape targets' up-ness over the same window. ``harness.gate.slo.evaluate`` turns
 them into verdicts; a read that fails leaves a note and no figure, which the
 evaluation reports as NOT VERIFIABLE, never as a pass.
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.gate.drill import DrillResult
+from harness.gate.loadrun import ClientFigures
 from harness.gate.prometheus import PrometheusReader, QueryError
-from harness.loadrun import ClientFigures
-from harness.slo import (
+from harness.gate.slo import (
     Evidence,
     SloFile,
     TargetUptime,

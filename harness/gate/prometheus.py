@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from prometheus_api_client import PrometheusConnect
 
-from harness.slo import Objective, TargetUptime, render_query, render_samples_query
+from harness.gate.slo import Objective, TargetUptime, render_query, render_samples_query
 
 
 class QueryError(RuntimeError):

@@ -154,7 +154,7 @@ def haproxy_servers(stats_url: str) -> dict[str, dict[str, str]]:
     ``check_status``, ``last_chk``...)."""
     import httpx
 
-    from harness.providers.daemon import NotReadyYet
+    from harness.exceptions import NotReadyYet
     from harness.providers.haproxy import server_rows
 
     text = httpx.get(f"{stats_url};csv", timeout=REQUEST_TIMEOUT_S).text

@@ -26,7 +26,7 @@ from harness.gate.cpu import LATE_MS, VERY_LATE_MS, CpuUse, GeneratorUse
 from harness.gate.drill import DrillResult, FaultResult
 from harness.gate.recovery import DrillStatus
 from harness.gate.result import GateResult, Series, plain
-from harness.slo import ObjectiveResult, Status, TargetUptime, Verdict, format_count
+from harness.gate.slo import ObjectiveResult, Status, TargetUptime, Verdict, format_count
 
 STATUS_COLOURS = {
     "pass": "#1a7f37", "PASS": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "FAIL": "#cf222e",

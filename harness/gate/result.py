@@ -13,9 +13,9 @@ from harness.gate.buckets import Bucket
 from harness.gate.cpu import CpuUse
 from harness.gate.crosscheck import CrossCheck
 from harness.gate.drill import DrillResult
+from harness.gate.loadrun import ClientFigures
+from harness.gate.slo import ObjectiveResult, TargetUptime, Verdict
 from harness.gate.suites import SuiteResults
-from harness.loadrun import ClientFigures
-from harness.slo import ObjectiveResult, TargetUptime, Verdict
 
 Series = list[tuple[float, float]]
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.exceptions import ConfigurationError, HarnessError
+from harness.exceptions import ConfigurationError, HarnessError, SloFileError
 from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.buckets import objective_buckets
 from harness.gate.cpu import CpuUse, sample_cpu
 from harness.gate.crosscheck import cross_check
 from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.evidence import read_objectives
+from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
 from harness.gate.memory import PeakMemory, megabytes, tree_rss_bytes
 from harness.gate.prometheus import PrometheusReader, QueryError
 from harness.gate.recovery import DrillStatus
@@ -36,11 +37,7 @@ from harness.gate.report import (
     write_reports,
 )
 from harness.gate.result import GateResult
-from harness.gate.suites import SuiteResults, run_suites
-from harness.loadrun import ClientFigures, LoadRunConfig, run_load
-from harness.prometheus_api import wait_for_stack_targets
-from harness.providers import RunningStack, StackRequest, Supervisor, open_stack
-from harness.slo import (
+from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     SloFile,
     Verdict,
@@ -48,6 +45,9 @@ from harness.slo import (
     load_slo_file,
     verdict,
 )
+from harness.gate.suites import SuiteResults, run_suites
+from harness.prometheus_api import wait_for_stack_targets
+from harness.providers import RunningStack, StackRequest, Supervisor, open_stack
 from harness.stack import Stack
 from loadtests.profiles import PROFILES
 
@@ -165,7 +165,7 @@ class GateRun:
         except HarnessError as error:
             self.progress(f"broken run: {error}")
             return EXIT_BROKEN
-        except ValueError as error:  # SloFileError
+        except SloFileError as error:
             self.progress(f"broken run: {error}")
             return EXIT_BROKEN
         try:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from harness.exceptions import ComponentNotInstalled, WaitTimeout
+from harness.exceptions import ComponentNotInstalled, NotReadyYet, WaitTimeout
 from harness.processes import (
     LOOPBACK,
     ManagedProcess,
@@ -33,10 +33,6 @@ from harness.processes import (
 )
 
 SYSTEM_BIN_DIRS = "/usr/sbin:/sbin"
-
-
-class NotReadyYet(Exception):
-    """A readiness probe answered, but not yet what it waits for."""
 
 
 def find_binary(component: str, name: str, *, package: str, explicit: Path | None = None) -> Path:
@@ -201,4 +197,4 @@ class HttpDaemon(StartedResource):
             self.process = None
 
 
-__all__ = ["HttpDaemon", "NotReadyYet", "find_binary", "write_private"]
+__all__ = ["HttpDaemon", "find_binary", "write_private"]

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from harness.providers.daemon import HttpDaemon, NotReadyYet
+from harness.exceptions import NotReadyYet
+from harness.providers.daemon import HttpDaemon
 
 MONITOR_ROLE = "atendeai_monitor"
 POSTGRES_EXPORTER_PACKAGE = "prometheus-postgres-exporter"

@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.exceptions import ConfigurationError
-from harness.providers.daemon import HttpDaemon, NotReadyYet, find_binary
+from harness.exceptions import ConfigurationError, NotReadyYet
+from harness.providers.daemon import HttpDaemon, find_binary
 
 PACKAGE = "haproxy"
 

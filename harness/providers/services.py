@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.exceptions import WaitTimeout
+from harness.exceptions import NotReadyYet, WaitTimeout
 from harness.processes import (
     LOOPBACK,
     ManagedProcess,
@@ -71,10 +71,6 @@ class RunningService:
         self.process.kill()
         self.process.restart()
         wait_ready(self.process, self.url, deadline=time.monotonic() + timeout_s)
-
-
-class NotReadyYet(Exception):
-    """``GET /ready`` answered, but not 200 (transient while the service warms up)."""
 
 
 def service_command(name: str, port: int, host: str = LOOPBACK) -> list[str]:
@@ -193,7 +189,6 @@ def service_url(process: ManagedProcess, host: str = LOOPBACK) -> str:
 __all__ = [
     "SERVICE_NAMES",
     "EnvFactory",
-    "NotReadyYet",
     "RunningService",
     "ServiceInstance",
     "running_services",

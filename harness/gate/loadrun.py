@@ -32,7 +32,7 @@ from pathlib import Path
 from harness.exceptions import LoadRunError
 from harness.gate.cpu import GeneratorUse, LateStarts, TreeSampler
 
-LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
 Progress = Callable[[str], None]
 
 

@@ -54,19 +54,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.exceptions import SloFileError
+
 DEFAULT_SLO_FILE = Path(__file__).with_name("slos") / "default.yaml"
 
 Comparator = Literal["<", "<=", ">", ">="]
 _COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-
-
-class SloFileError(ValueError):
-    """The SLO file is unreadable or invalid; ``problems`` has one line per mistake."""
-
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        self.path = str(path)
-        self.problems = problems
-        super().__init__(f"{path}: invalid SLO file:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 class Objective(BaseModel):
