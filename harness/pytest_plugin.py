@@ -1,6 +1,8 @@
 """The pytest plugin: options, the ``stack`` fixture and what tests build on it.
 
-Registered by the root ``conftest.py`` (``pytest_plugins = ["harness.pytest_plugin"]``).
+Registered as a ``pytest11`` entry point (pyproject.toml), so any repository
+that installs the package gets these fixtures and options; in a checkout
+without install, the root ``conftest.py``'s ``pytest_plugins`` loads it.
 
 Options: ``--stack=local|containers|external`` (default ``local``: the stack is
 started once per session as child processes; ``containers``: as Docker
