@@ -20,7 +20,9 @@
     ``/-/ready`` (its first scrapes come ~5 s later: see
     ``harness.prometheus_api.wait_for_stack_targets``),
 
-and yields the ``Stack`` describing it. Everything is torn down in reverse
+and yields the ``Stack`` describing it (``describe_stack``, from the started
+``LocalStackParts``; each step above is one ``_start_*`` function that enters
+what it starts on the caller's ``ExitStack``). Everything is torn down in reverse
 order on exit, and also when a step fails (whatever had started is stopped;
 the run directory is then kept, since the error points at the logs in it).
 Progress lines (component, address, seconds) go to the ``progress`` callback,
@@ -44,9 +46,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.childenv import child_environment
 from harness.exceptions import ConfigurationError, FaultNotSupported
-from harness.keys import generate_jwt_keys
+from harness.keys import JwtKeyFiles, generate_jwt_keys
 from harness.processes import ManagedProcess, descendants
+from harness.progress import Progress
 from harness.providers.daemon import HttpDaemon
 from harness.providers.database import (
     APP_ROLE,
@@ -70,7 +74,7 @@ from harness.providers.prometheus import (
     ScrapeJob,
 )
 from harness.providers.redis import LocalRedis
-from harness.providers.rundir import Progress, make_run_dir, print_progress, remove_run_dir
+from harness.providers.rundir import make_run_dir, print_progress, remove_run_dir
 from harness.providers.services import SERVICE_NAMES, RunningService, running_services
 from harness.stack import Credentials, PostgresEndpoints, Stack
 
@@ -346,217 +350,337 @@ def supervised_local_stack(
         resources.callback(say, "stack stopped")
         say(f"run directory {run_dir}")
 
-        # 1. PostgreSQL
-        step = time.monotonic()
-        postgres = resources.enter_context(
-            LocalPostgres(
-                run_dir / "postgres",
-                bin_dir=config.postgres_bin_dir,
-                startup_timeout_s=config.startup_timeout_s,
-                template_cache_dir=config.cache_dir,
-            )
-        )
-        source = "template copy" if postgres.used_template else "initdb"
-        say(_line("postgres", f"{postgres.host}:{postgres.port} ({source})", step))
-
-        # 2-4. roles and database, migrations, platform admin
-        step = time.monotonic()
-        owner_password, app_password = generate_password(), generate_password()
-        monitor_password = generate_password()
-        owner_dsn = postgres.dsn(DATABASE, user=OWNER_ROLE, password=owner_password)
-        app_dsn = postgres.dsn(DATABASE, user=APP_ROLE, password=app_password)
-        applied = prepare_database(
-            superuser_dsn=postgres.superuser_dsn,
-            owner_dsn=owner_dsn,
-            owner_password=owner_password,
-            app_password=app_password,
-            monitor_password=monitor_password,
-            platform_admin=Credentials(config.platform_admin_email, config.platform_admin_password),
-            log_path=str(postgres.log_path),
-            log_tail=lambda: postgres.process.log_tail(20) if postgres.process else "",
-        )
-        say(_line("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
-
-        # 5. Redis
-        step = time.monotonic()
-        redis = resources.enter_context(
-            LocalRedis(run_dir / "redis", startup_timeout_s=config.startup_timeout_s)
-        )
-        say(_line("redis", f"{redis.host}:{redis.port}", step))
-
-        # 6. JWT keys
-        keys = generate_jwt_keys(run_dir / "keys")
-
-        # 7. services
-        step = time.monotonic()
-        base_env = _service_base_env(
-            app_dsn=app_dsn,
-            redis_url=redis.url,
-            public_key=keys.public_key_path,
-            config=config,
-        )
-
-        def env_for(name: str, urls: Mapping[str, str]) -> dict[str, str]:
-            env = dict(base_env)
-            if name == "auth":
-                env["ATENDEAI_JWT_PRIVATE_KEY_FILE"] = str(keys.private_key_path)
-            if name == "health":
-                env["ATENDEAI_SERVICE_URLS"] = ",".join(
-                    f"{other}={url}" for other, url in urls.items() if other != "health"
-                )
-            env.update(config.service_env)
-            return env
-
-        services: list[RunningService] = resources.enter_context(
-            running_services(
-                SERVICE_NAMES,
-                env_for=env_for,
-                log_dir=run_dir / "services",
-                instances=config.instances_per_service,
-                timeout_s=config.startup_timeout_s,
-            )
-        )
-        say(
-            _line(
-                "services",
-                f"{len(services)} instances, ports "
-                + " ".join(str(service.port) for service in services),
-                step,
-            )
-        )
-
-        # 8. exporters
-        step = time.monotonic()
-        postgres_exporter = resources.enter_context(
-            LocalPostgresExporter(
-                run_dir / "postgres-exporter",
-                dsn=monitor_dsn(postgres.host, int(postgres.port or 0), DATABASE, monitor_password),
-                queries_file=config.exporter_queries,
-                startup_timeout_s=config.startup_timeout_s,
-            )
-        )
-        redis_exporter = resources.enter_context(
-            LocalRedisExporter(
-                run_dir / "redis-exporter",
-                redis_host=redis.host,
-                redis_port=int(redis.port or 0),
-                password=redis.password,
-                startup_timeout_s=config.startup_timeout_s,
-            )
-        )
-        say(
-            _line(
-                "exporters",
-                f"postgres:{postgres_exporter.port} redis:{redis_exporter.port}",
-                step,
-            )
-        )
-
-        # 9. HAProxy
-        step = time.monotonic()
-        haproxy = resources.enter_context(
-            LocalHAProxy(
-                run_dir / "haproxy",
-                backends=_backends(services),
-                settings=config.haproxy,
-                startup_timeout_s=config.startup_timeout_s,
-            )
-        )
-        say(_line("haproxy", f"{haproxy.gateway_url} stats {haproxy.stats_url}", step))
-
-        # 10. Prometheus. Not awaited until its targets are up: Prometheus
-        # 2.42 hands new targets to its scrapers on a fixed 5 s tick, so the
-        # first scrape comes about 5 s after it starts, whatever we do. The
-        # stack is usable before that; ``prometheus_api.wait_for_stack_targets`` waits.
-        step = time.monotonic()
-        prometheus = resources.enter_context(
-            LocalPrometheus(
-                run_dir / "prometheus",
-                jobs=_scrape_jobs(
-                    services,
-                    haproxy_stats=f"{haproxy.host}:{haproxy.ports[1]}",
-                    postgres_exporter=f"{postgres_exporter.host}:{postgres_exporter.port}",
-                    redis_exporter=f"{redis_exporter.host}:{redis_exporter.port}",
-                ),
-                settings=config.prometheus,
-                startup_timeout_s=config.startup_timeout_s,
-            )
-        )
-        say(_line("prometheus", f"{prometheus.url()} ({prometheus.target_count} targets)", step))
-
+        parts = _start_parts(resources, run_dir, config, say)
         cold_start = time.monotonic() - started
-        extra = {
-            "run_dir": str(run_dir),
-            "cold_start_seconds": f"{cold_start:.2f}",
-            "migrations": ",".join(applied),
-            "jwt_public_key_file": str(keys.public_key_path),
-            # For tests that must sign tokens with the real key (bad claims);
-            # of the services, only auth is given it.
-            "jwt_private_key_file": str(keys.private_key_path),
-            "postgres_log": str(postgres.log_path),
-            "postgres_socket_dir": str(postgres.socket_dir),
-            "redis_log": str(redis.log_path),
-            "services_log_dir": str(run_dir / "services"),
-            "haproxy_config": str(haproxy.config_path),
-            "haproxy_metrics_url": haproxy.metrics_url,
-            "prometheus_config": str(prometheus.config_path),
-            "prometheus_rule_files": ",".join(str(path) for path in prometheus.rule_files),
-            "prometheus_targets": str(prometheus.target_count),
-            "prometheus_log": str(prometheus.log_path),
-            "monitor_dsn": monitor_dsn(
-                postgres.host, int(postgres.port or 0), DATABASE, monitor_password
-            ),
-        }
-        stack = Stack(
-            provider="local",
-            postgres=PostgresEndpoints(
-                superuser_dsn=postgres.dsn(DATABASE),
-                owner_dsn=owner_dsn,
-                app_dsn=app_dsn,
-                host=postgres.host,
-                port=int(postgres.port or 0),
-                database=DATABASE,
-            ),
-            redis_url=redis.url,
-            services={s.instance.service: s.url for s in services if s.instance.index == 1},
-            platform_admin=Credentials(
-                email=config.platform_admin_email, password=config.platform_admin_password
-            ),
-            jwt_issuer=JWT_ISSUER,
-            jwt_audience=JWT_AUDIENCE,
-            allowed_origins=config.allowed_origins,
-            service_instances={
-                name: tuple(s.url for s in services if s.instance.service == name)
-                for name in SERVICE_NAMES
-            },
-            haproxy_url=haproxy.gateway_url,
-            haproxy_stats_url=haproxy.stats_url,
-            prometheus_url=prometheus.url(),
-            exporters={
-                "postgres": postgres_exporter.url("/metrics"),
-                "redis": redis_exporter.url("/metrics"),
-            },
-            extra=extra,
-        )
+        stack = describe_stack(parts, config, cold_start_s=cold_start)
         say(f"stack ready in {cold_start:.2f} s")
         resources.callback(say, "stopping the stack")
         outcome["started"] = True
         control = LocalStackControl(
             stack,
-            postgres=postgres,
-            services=services,
-            redis=redis,
-            daemons={
-                "postgres-exporter": postgres_exporter,
-                "redis-exporter": redis_exporter,
-                "haproxy": haproxy,
-                "prometheus": prometheus,
-            },
+            postgres=parts.postgres,
+            services=parts.services,
+            redis=parts.redis,
+            daemons=parts.daemons(),
             restart_timeout_s=config.startup_timeout_s,
         )
         # First thing on exit (Ctrl-C included): a frozen process ignores SIGTERM.
         resources.callback(_thaw_before_stopping, control, say)
         yield control
+
+
+@dataclass(frozen=True)
+class DatabaseAccess:
+    """What preparing the database made: the roles' DSNs and the migrations applied."""
+
+    owner_dsn: str
+    app_dsn: str
+    monitor_dsn: str
+    migrations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LocalStackParts:
+    """Every started part of a local stack: what ``describe_stack`` describes."""
+
+    run_dir: Path
+    postgres: LocalPostgres
+    database: DatabaseAccess
+    redis: LocalRedis
+    keys: JwtKeyFiles
+    services: tuple[RunningService, ...]
+    postgres_exporter: LocalPostgresExporter
+    redis_exporter: LocalRedisExporter
+    haproxy: LocalHAProxy
+    prometheus: LocalPrometheus
+
+    def daemons(self) -> dict[str, HttpDaemon]:
+        """The HTTP daemons by component name, as the supervisor knows them."""
+        return {
+            "postgres-exporter": self.postgres_exporter,
+            "redis-exporter": self.redis_exporter,
+            "haproxy": self.haproxy,
+            "prometheus": self.prometheus,
+        }
+
+
+def _start_parts(
+    resources: ExitStack, run_dir: Path, config: LocalStackConfig, say: Progress
+) -> LocalStackParts:
+    """Steps 1-10 in order, each started part entered on ``resources``."""
+    postgres = _start_postgres(resources, run_dir, config, say)
+    database = _prepare_database(postgres, config, say)
+    redis = _start_redis(resources, run_dir, config, say)
+    keys = generate_jwt_keys(run_dir / "keys")
+    services = _start_services(resources, run_dir, config, say, database, redis, keys)
+    postgres_exporter, redis_exporter = _start_exporters(
+        resources, run_dir, config, say, postgres, redis, database
+    )
+    haproxy = _start_haproxy(resources, run_dir, config, say, services)
+    prometheus = _start_prometheus(
+        resources, run_dir, config, say, services, haproxy, postgres_exporter, redis_exporter
+    )
+    return LocalStackParts(
+        run_dir=run_dir,
+        postgres=postgres,
+        database=database,
+        redis=redis,
+        keys=keys,
+        services=services,
+        postgres_exporter=postgres_exporter,
+        redis_exporter=redis_exporter,
+        haproxy=haproxy,
+        prometheus=prometheus,
+    )
+
+
+def _start_postgres(
+    resources: ExitStack, run_dir: Path, config: LocalStackConfig, say: Progress
+) -> LocalPostgres:
+    """1. PostgreSQL, from the cached initdb template when there is one."""
+    step = time.monotonic()
+    postgres = resources.enter_context(
+        LocalPostgres(
+            run_dir / "postgres",
+            bin_dir=config.postgres_bin_dir,
+            startup_timeout_s=config.startup_timeout_s,
+            template_cache_dir=config.cache_dir,
+        )
+    )
+    source = "template copy" if postgres.used_template else "initdb"
+    say(_line("postgres", f"{postgres.host}:{postgres.port} ({source})", step))
+    return postgres
+
+
+def _prepare_database(
+    postgres: LocalPostgres, config: LocalStackConfig, say: Progress
+) -> DatabaseAccess:
+    """2-4. Roles and database, migrations, platform admin, with fresh passwords."""
+    step = time.monotonic()
+    owner_password, app_password = generate_password(), generate_password()
+    monitor_password = generate_password()
+    owner_dsn = postgres.dsn(DATABASE, user=OWNER_ROLE, password=owner_password)
+    app_dsn = postgres.dsn(DATABASE, user=APP_ROLE, password=app_password)
+    applied = prepare_database(
+        superuser_dsn=postgres.superuser_dsn,
+        owner_dsn=owner_dsn,
+        owner_password=owner_password,
+        app_password=app_password,
+        monitor_password=monitor_password,
+        platform_admin=Credentials(config.platform_admin_email, config.platform_admin_password),
+        log_path=str(postgres.log_path),
+        log_tail=lambda: postgres.process.log_tail(20) if postgres.process else "",
+    )
+    say(_line("database", f"{DATABASE}, migrations {','.join(applied) or 'none'}", step))
+    return DatabaseAccess(
+        owner_dsn=owner_dsn,
+        app_dsn=app_dsn,
+        monitor_dsn=monitor_dsn(postgres.host, int(postgres.port or 0), DATABASE, monitor_password),
+        migrations=tuple(applied),
+    )
+
+
+def _start_redis(
+    resources: ExitStack, run_dir: Path, config: LocalStackConfig, say: Progress
+) -> LocalRedis:
+    """5. Redis."""
+    step = time.monotonic()
+    redis = resources.enter_context(
+        LocalRedis(run_dir / "redis", startup_timeout_s=config.startup_timeout_s)
+    )
+    say(_line("redis", f"{redis.host}:{redis.port}", step))
+    return redis
+
+
+def _start_services(
+    resources: ExitStack,
+    run_dir: Path,
+    config: LocalStackConfig,
+    say: Progress,
+    database: DatabaseAccess,
+    redis: LocalRedis,
+    keys: JwtKeyFiles,
+) -> tuple[RunningService, ...]:
+    """7. Every instance of the four services, started concurrently, awaited on ``/ready``."""
+    step = time.monotonic()
+    base_env = _service_base_env(
+        app_dsn=database.app_dsn,
+        redis_url=redis.url,
+        public_key=keys.public_key_path,
+        config=config,
+    )
+
+    def env_for(name: str, urls: Mapping[str, str]) -> dict[str, str]:
+        env = dict(base_env)
+        if name == "auth":
+            env["ATENDEAI_JWT_PRIVATE_KEY_FILE"] = str(keys.private_key_path)
+        if name == "health":
+            env["ATENDEAI_SERVICE_URLS"] = ",".join(
+                f"{other}={url}" for other, url in urls.items() if other != "health"
+            )
+        env.update(config.service_env)
+        return env
+
+    services: list[RunningService] = resources.enter_context(
+        running_services(
+            SERVICE_NAMES,
+            env_for=env_for,
+            log_dir=run_dir / "services",
+            instances=config.instances_per_service,
+            timeout_s=config.startup_timeout_s,
+        )
+    )
+    ports = " ".join(str(service.port) for service in services)
+    say(_line("services", f"{len(services)} instances, ports {ports}", step))
+    return tuple(services)
+
+
+def _start_exporters(
+    resources: ExitStack,
+    run_dir: Path,
+    config: LocalStackConfig,
+    say: Progress,
+    postgres: LocalPostgres,
+    redis: LocalRedis,
+    database: DatabaseAccess,
+) -> tuple[LocalPostgresExporter, LocalRedisExporter]:
+    """8. The PostgreSQL exporter (as the monitoring role) and the Redis exporter."""
+    step = time.monotonic()
+    postgres_exporter = resources.enter_context(
+        LocalPostgresExporter(
+            run_dir / "postgres-exporter",
+            dsn=database.monitor_dsn,
+            queries_file=config.exporter_queries,
+            startup_timeout_s=config.startup_timeout_s,
+        )
+    )
+    redis_exporter = resources.enter_context(
+        LocalRedisExporter(
+            run_dir / "redis-exporter",
+            redis_host=redis.host,
+            redis_port=int(redis.port or 0),
+            password=redis.password,
+            startup_timeout_s=config.startup_timeout_s,
+        )
+    )
+    where = f"postgres:{postgres_exporter.port} redis:{redis_exporter.port}"
+    say(_line("exporters", where, step))
+    return postgres_exporter, redis_exporter
+
+
+def _start_haproxy(
+    resources: ExitStack,
+    run_dir: Path,
+    config: LocalStackConfig,
+    say: Progress,
+    services: Sequence[RunningService],
+) -> LocalHAProxy:
+    """9. HAProxy in front of every instance, awaited until all its servers are up."""
+    step = time.monotonic()
+    haproxy = resources.enter_context(
+        LocalHAProxy(
+            run_dir / "haproxy",
+            backends=_backends(services),
+            settings=config.haproxy,
+            startup_timeout_s=config.startup_timeout_s,
+        )
+    )
+    say(_line("haproxy", f"{haproxy.gateway_url} stats {haproxy.stats_url}", step))
+    return haproxy
+
+
+def _start_prometheus(
+    resources: ExitStack,
+    run_dir: Path,
+    config: LocalStackConfig,
+    say: Progress,
+    services: Sequence[RunningService],
+    haproxy: LocalHAProxy,
+    postgres_exporter: LocalPostgresExporter,
+    redis_exporter: LocalRedisExporter,
+) -> LocalPrometheus:
+    """10. Prometheus, awaited on ``/-/ready`` only.
+
+    Not awaited until its targets are up: Prometheus 2.42 hands new targets to
+    its scrapers on a fixed 5 s tick, so the first scrape comes about 5 s after
+    it starts, whatever we do. The stack is usable before that;
+    ``prometheus_api.wait_for_stack_targets`` waits.
+    """
+    step = time.monotonic()
+    prometheus = resources.enter_context(
+        LocalPrometheus(
+            run_dir / "prometheus",
+            jobs=_scrape_jobs(
+                services,
+                haproxy_stats=f"{haproxy.host}:{haproxy.ports[1]}",
+                postgres_exporter=f"{postgres_exporter.host}:{postgres_exporter.port}",
+                redis_exporter=f"{redis_exporter.host}:{redis_exporter.port}",
+            ),
+            settings=config.prometheus,
+            startup_timeout_s=config.startup_timeout_s,
+        )
+    )
+    say(_line("prometheus", f"{prometheus.url()} ({prometheus.target_count} targets)", step))
+    return prometheus
+
+
+def describe_stack(
+    parts: LocalStackParts, config: LocalStackConfig, *, cold_start_s: float
+) -> Stack:
+    """The ``Stack`` record of a started local stack (reads the parts, starts nothing)."""
+    postgres, redis, services = parts.postgres, parts.redis, parts.services
+    haproxy, prometheus = parts.haproxy, parts.prometheus
+    extra = {
+        "run_dir": str(parts.run_dir),
+        "cold_start_seconds": f"{cold_start_s:.2f}",
+        "migrations": ",".join(parts.database.migrations),
+        "jwt_public_key_file": str(parts.keys.public_key_path),
+        # For tests that must sign tokens with the real key (bad claims);
+        # of the services, only auth is given it.
+        "jwt_private_key_file": str(parts.keys.private_key_path),
+        "postgres_log": str(postgres.log_path),
+        "postgres_socket_dir": str(postgres.socket_dir),
+        "redis_log": str(redis.log_path),
+        "services_log_dir": str(parts.run_dir / "services"),
+        "haproxy_config": str(haproxy.config_path),
+        "haproxy_metrics_url": haproxy.metrics_url,
+        "prometheus_config": str(prometheus.config_path),
+        "prometheus_rule_files": ",".join(str(path) for path in prometheus.rule_files),
+        "prometheus_targets": str(prometheus.target_count),
+        "prometheus_log": str(prometheus.log_path),
+        "monitor_dsn": parts.database.monitor_dsn,
+    }
+    return Stack(
+        provider="local",
+        postgres=PostgresEndpoints(
+            superuser_dsn=postgres.dsn(DATABASE),
+            owner_dsn=parts.database.owner_dsn,
+            app_dsn=parts.database.app_dsn,
+            host=postgres.host,
+            port=int(postgres.port or 0),
+            database=DATABASE,
+        ),
+        redis_url=redis.url,
+        services={s.instance.service: s.url for s in services if s.instance.index == 1},
+        platform_admin=Credentials(
+            email=config.platform_admin_email, password=config.platform_admin_password
+        ),
+        jwt_issuer=JWT_ISSUER,
+        jwt_audience=JWT_AUDIENCE,
+        allowed_origins=config.allowed_origins,
+        service_instances={
+            name: tuple(s.url for s in services if s.instance.service == name)
+            for name in SERVICE_NAMES
+        },
+        haproxy_url=haproxy.gateway_url,
+        haproxy_stats_url=haproxy.stats_url,
+        prometheus_url=prometheus.url(),
+        exporters={
+            "postgres": parts.postgres_exporter.url("/metrics"),
+            "redis": parts.redis_exporter.url("/metrics"),
+        },
+        extra=extra,
+    )
 
 
 def _thaw_before_stopping(control: LocalStackControl, say: Progress) -> None:
@@ -568,7 +692,7 @@ def _line(component: str, where: str, since: float) -> str:
     return f"{component:<9} {where:<40} {time.monotonic() - since:5.2f} s"
 
 
-def _backends(services: list[RunningService]) -> list[Backend]:
+def _backends(services: Sequence[RunningService]) -> list[Backend]:
     """One HAProxy backend per service, over all of its instances."""
     return [
         Backend(
@@ -585,7 +709,7 @@ def _backends(services: list[RunningService]) -> list[Backend]:
 
 
 def _scrape_jobs(
-    services: list[RunningService],
+    services: Sequence[RunningService],
     *,
     haproxy_stats: str,
     postgres_exporter: str,
@@ -612,25 +736,29 @@ def _service_base_env(
     *, app_dsn: str, redis_url: str, public_key: Path, config: LocalStackConfig
 ) -> dict[str, str]:
     """The environment every service shares: ours replaces any inherited ATENDEAI_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
-    env.update(
-        PYTHONUNBUFFERED="1",
-        ATENDEAI_DATABASE_URL=app_dsn,
-        ATENDEAI_REDIS_URL=redis_url,
-        ATENDEAI_JWT_PUBLIC_KEY_FILE=str(public_key),
-        ATENDEAI_JWT_ISSUER=JWT_ISSUER,
-        ATENDEAI_JWT_AUDIENCE=JWT_AUDIENCE,
-        ATENDEAI_CORS_ORIGINS=",".join(config.allowed_origins),
-        ATENDEAI_LOGIN_LIMIT_PER_CLIENT=config.login_limit_per_client,
+    return child_environment(
+        drop_prefixes=("ATENDEAI_",),
+        extra={
+            "PYTHONUNBUFFERED": "1",
+            "ATENDEAI_DATABASE_URL": app_dsn,
+            "ATENDEAI_REDIS_URL": redis_url,
+            "ATENDEAI_JWT_PUBLIC_KEY_FILE": str(public_key),
+            "ATENDEAI_JWT_ISSUER": JWT_ISSUER,
+            "ATENDEAI_JWT_AUDIENCE": JWT_AUDIENCE,
+            "ATENDEAI_CORS_ORIGINS": ",".join(config.allowed_origins),
+            "ATENDEAI_LOGIN_LIMIT_PER_CLIENT": config.login_limit_per_client,
+        },
     )
-    return env
 
 
 __all__ = [
+    "DatabaseAccess",
     "LocalStackConfig",
     "LocalStackControl",
+    "LocalStackParts",
     "Progress",
     "default_cache_dir",
+    "describe_stack",
     "generate_password",
     "local_stack",
     "print_progress",
