@@ -16,17 +16,20 @@ from __future__ import annotations
 import html
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.gate.acceptance import CriterionStatus
+from harness.gate.acceptance import CriterionResult, CriterionStatus
 from harness.gate.buckets import Bucket, bucket_text
 from harness.gate.cpu import LATE_MS, VERY_LATE_MS, CpuUse, GeneratorUse
+from harness.gate.crosscheck import CrossCheck
 from harness.gate.drill import DrillResult, FaultResult
+from harness.gate.loadrun import ClientFigures, EndpointFigures
 from harness.gate.recovery import DrillStatus
 from harness.gate.result import GateResult, Series, plain
 from harness.gate.slo import ObjectiveResult, Status, TargetUptime, Verdict, format_count
+from harness.gate.suites import SuiteResults
 
 STATUS_COLOURS = {
     "pass": "#1a7f37", "PASS": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "FAIL": "#cf222e",
@@ -136,6 +139,27 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _e(text: str) -> str:
+    """Text made safe inside HTML (quotes too)."""
+    return html.escape(text)
+
+
+def _span(window: tuple[float, float]) -> str:
+    """``2026-11-24 00:00:00 UTC → 2026-11-24 00:01:00 UTC (60 s)``."""
+    return f"{_when(window[0])} → {_when(window[1])} ({window[1] - window[0]:.0f} s)"
+
+
+def _suite_counts(suites: SuiteResults) -> str:
+    return (
+        f"{suites.count('passed')} passed, {suites.count('failed')} failed, "
+        f"{suites.count('error')} errors, {suites.count('skipped')} skipped"
+    )
+
+
+def _generator(result: GateResult) -> GeneratorUse | None:
+    return result.client.generator if result.client is not None else None
+
+
 def _headline(result: GateResult) -> str:
     warnings = sum(1 for r in result.objectives if r.status is Status.WARN)
     failed = [r.objective.name for r in result.objectives if r.status is Status.FAIL]
@@ -225,85 +249,120 @@ def generator_line(generator: GeneratorUse) -> str:
     return text + (f". CLIENT FIGURES UNRELIABLE: {'; '.join(why)}." if why else ". It kept up.")
 
 
-def render_markdown(result: GateResult) -> str:
-    lines = [
-        f"## Release gate: **{_headline(result)}**",
-        "",
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table: header, separator and one line per row."""
+    lines = [_md_row(headers), _md_row(["---"] * len(headers))]
+    return "\n".join(lines + [_md_row(row) for row in rows])
+
+
+def _md_bullets(items: Iterable[str]) -> list[str]:
+    return [f"- {item}" for item in items]
+
+
+def _md_heading(result: GateResult) -> str:
+    return f"## Release gate: **{_headline(result)}**"
+
+
+def _md_run(result: GateResult) -> str:
+    text = (
         f"Run `{result.run_id}`, profile `{result.profile}`, provider `{result.provider}`, "
-        f"load {result.load_mode}.",
+        f"load {result.load_mode}."
+    )
+    return text + (f"\nLoad window {_span(result.window)}." if result.window else "")
+
+
+def _md_objectives(result: GateResult) -> str:
+    """The objectives' table, then why each unverifiable one is so."""
+    table = _md_table(
+        ["objective", "value", "samples", "threshold", "status"],
+        [
+            [r.objective.name, value_with_bucket(r, result.buckets), format_samples(r),
+             _threshold(r), status_text(r)]
+            for r in result.objectives
+        ],
+    )  # fmt: skip
+    reasons = [f"{r.objective.name}: {r.reason}" for r in result.objectives if not r.verifiable]
+    return "\n".join([table, *_md_bullets(reasons)])
+
+
+def _md_cross_checks(checks: Sequence[CrossCheck]) -> str:
+    if not checks:
+        return ""
+    table = _md_table(
+        ["figure", "server", "client", "difference", "tolerance", "agrees"],
+        [
+            [c.objective, f"{_num(c.server)} {c.unit}", f"{_num(c.client)} {c.unit}",
+             _num(c.difference), c.tolerance, _agreement(c.agrees)]
+            for c in checks
+        ],
+    )  # fmt: skip
+    return "\n".join([table, *_md_bullets(sorted({c.note for c in checks if c.note}))])
+
+
+def _md_endpoints(client: ClientFigures | None, server_p95_ms: dict[str, float]) -> str:
+    if not (client and client.endpoints):
+        return ""
+    return _md_table(
+        ["endpoint", "client p95", "server p95", "requests", "failures"],
+        [
+            [p.label, f"{_num(p.p95_ms)} ms", f"{_num(server_p95_ms.get(p.label))} ms",
+             f"{p.requests:,}", f"{p.failures:,}"]
+            for p in client.endpoints
+        ],
+    )  # fmt: skip
+
+
+def _md_suites(suites: SuiteResults | None) -> str:
+    return f"Suites: {_suite_counts(suites)}." if suites else ""
+
+
+def _md_drill(drill: DrillResult | None) -> str:
+    """The drill's verdict; when faults ran, its figures and a row per fault."""
+    if drill is None:
+        return ""
+    if not drill.faults:
+        return _drill_line(drill)
+    faults = _md_table(
+        ["fault", "status", "served again", "back in rotation", "client", "server"],
+        [
+            [f.name, f.status.value, _seconds(f.served_again_s), _seconds(f.in_rotation_s),
+             f.client.describe(), _server(f)]
+            for f in drill.faults
+        ],
+    )  # fmt: skip
+    summary = "\n".join(_md_bullets(_drill_summary(drill)))
+    return "\n\n".join([_drill_line(drill), summary, faults])
+
+
+def _md_acceptance(acceptance: Sequence[CriterionResult], notes: Sequence[str]) -> str:
+    """The criteria's table, the run's notes right below it."""
+    table = _md_table(
+        ["criterion", "status"], [[c.criterion.spec_text, c.status.value] for c in acceptance]
+    )
+    return "\n".join([table, *_md_bullets(notes)])
+
+
+def render_markdown(result: GateResult) -> str:
+    """The summary: its blocks in order, a blank line between two (absent ones left out)."""
+    generator = _generator(result)
+    blocks = [
+        _md_heading(result),
+        _md_run(result),
+        _md_objectives(result),
+        targets_line(result),
+        _md_cross_checks(result.cross_checks),
+        _md_endpoints(result.client, result.endpoint_p95_ms),
+        cpu_line(result.cpu) if result.cpu is not None else "",
+        generator_line(generator) if generator is not None else "",
+        _md_suites(result.suites),
+        _md_drill(result.recovery),
+        _md_acceptance(result.acceptance, result.notes),
     ]
-    if result.window:
-        lines.append(
-            f"Load window {_when(result.window[0])} → {_when(result.window[1])} "
-            f"({result.window[1] - result.window[0]:.0f} s)."
-        )
-    lines += [
-        "",
-        "| objective | value | samples | threshold | status |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in result.objectives:
-        lines.append(
-            f"| {r.objective.name} | {value_with_bucket(r, result.buckets)} | {format_samples(r)} "
-            f"| {_threshold(r)} "
-            f"| {status_text(r)} |"
-        )
-    lines += [f"- {r.objective.name}: {r.reason}" for r in result.objectives if not r.verifiable]
-    lines += ["", targets_line(result)]
-    if result.cross_checks:
-        lines += [
-            "",
-            "| figure | server | client | difference | tolerance | agrees |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for c in result.cross_checks:
-            lines.append(
-                f"| {c.objective} | {_num(c.server)} {c.unit} | {_num(c.client)} {c.unit} | "
-                f"{_num(c.difference)} | {c.tolerance} | {_agreement(c.agrees)} |"
-            )
-        lines += sorted({f"- {c.note}" for c in result.cross_checks if c.note})
-    if result.client and result.client.endpoints:
-        lines += [
-            "",
-            "| endpoint | client p95 | server p95 | requests | failures |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {p.label} | {_num(p.p95_ms)} ms | {_num(result.endpoint_p95_ms.get(p.label))} ms "
-            f"| {p.requests:,} | {p.failures:,} |"
-            for p in result.client.endpoints
-        ]
-    if result.cpu is not None:
-        lines += ["", cpu_line(result.cpu)]
-    if result.client is not None and result.client.generator is not None:
-        lines += ["", generator_line(result.client.generator)]
-    if result.suites:
-        s = result.suites
-        lines += [
-            "",
-            f"Suites: {s.count('passed')} passed, {s.count('failed')} failed, "
-            f"{s.count('error')} errors, {s.count('skipped')} skipped.",
-        ]
-    if result.recovery is not None:
-        drill = result.recovery
-        lines += ["", _drill_line(drill)]
-        if drill.faults:
-            lines += [""] + [f"- {line}" for line in _drill_summary(drill)]
-            lines += [
-                "",
-                "| fault | status | served again | back in rotation | client | server |",
-                "| --- | --- | --- | --- | --- | --- |",
-            ]
-            lines += [
-                f"| {f.name} | {f.status.value} | {_seconds(f.served_again_s)} "
-                f"| {_seconds(f.in_rotation_s)} | {f.client.describe()} | {_server(f)} |"
-                for f in drill.faults
-            ]
-    lines += ["", "| criterion | status |", "| --- | --- |"]
-    for c in result.acceptance:
-        lines.append(f"| {c.criterion.spec_text} | {c.status.value} |")
-    lines += [f"- {note}" for note in result.notes]
-    return "\n".join(lines) + "\n"
+    return "\n\n".join(block for block in blocks if block) + "\n"
 
 
 def _agreement(agrees: bool | None) -> str:
@@ -449,196 +508,276 @@ def line_chart(
     )
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """An HTML table; ``headers`` are text (escaped here), the cells HTML already."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _badge(status: str) -> str:
     colour = STATUS_COLOURS.get(status, "#57606a")
-    return f'<b style="color:{colour}">{html.escape(status)}</b>'
+    return f'<b style="color:{colour}">{_e(status)}</b>'
 
 
-def render_html(result: GateResult) -> str:
-    e = html.escape
-    go = result.verdict is Verdict.GO
-    sections = [
-        f'<h1 style="color:{"#1a7f37" if go else "#cf222e"}">{e(_headline(result))}</h1>',
-        f"<p>Run <code>{e(result.run_id)}</code> · profile <b>{e(result.profile)}</b> · "
-        f"provider {e(result.provider)} · load {e(result.load_mode)}"
-        + (
-            f" · window {_when(result.window[0])} → {_when(result.window[1])} "
-            f"({result.window[1] - result.window[0]:.0f} s)"
-            if result.window
-            else ""
-        )
-        + "</p>",
-        "<h2>Objectives</h2>",
+def _with_small(text: str, small: str) -> str:
+    """``text`` and, on a line below it, ``small`` in small print (both escaped)."""
+    return f"{_e(text)}<br><small>{_e(small)}</small>"
+
+
+def _section(title: str, *parts: str) -> str:
+    """An ``<h2>`` (``title`` is HTML, not escaped) and its parts, one line each."""
+    return "\n".join((f"<h2>{title}</h2>", *parts))
+
+
+def _html_heading(result: GateResult) -> str:
+    """The verdict, then the run's identity and load window."""
+    colour = STATUS_COLOURS["PASS" if result.verdict is Verdict.GO else "FAIL"]
+    run = (
+        f"<p>Run <code>{_e(result.run_id)}</code> · profile <b>{_e(result.profile)}</b> · "
+        f"provider {_e(result.provider)} · load {_e(result.load_mode)}"
+    )
+    window = f" · window {_span(result.window)}" if result.window else ""
+    return f'<h1 style="color:{colour}">{_e(_headline(result))}</h1>\n{run}{window}</p>'
+
+
+def _query_cell(query: str, counted: str | None) -> str:
+    """The query that ran and, when there is one, the query that counted its samples."""
+    cell = f"<code>{_e(query)}</code>"
+    if counted:
+        cell += f"<br><small>samples: <code>{_e(counted)}</code></small>"
+    return cell
+
+
+def _objective_row(r: ObjectiveResult, result: GateResult) -> list[str]:
+    name = r.objective.name
+    return [
+        _e(name), _e(value_with_bucket(r, result.buckets)), _e(format_samples(r)),
+        _e(_threshold(r)), _e(_margin(r)), _badge(status_text(r)), _e(r.reason),
+        _query_cell(result.queries.get(name, r.objective.query), result.sample_queries.get(name)),
+    ]  # fmt: skip
+
+
+def _html_objectives(result: GateResult) -> str:
+    return _section(
+        "Objectives",
         _table(
             ["objective", "value", "samples", "threshold", "margin", "status", "why", "query"],
-            [
-                [
-                    e(r.objective.name), e(value_with_bucket(r, result.buckets)),
-                    e(format_samples(r)), e(_threshold(r)),
-                    e(_margin(r)), _badge(status_text(r)), e(r.reason),
-                    f"<code>{e(result.queries.get(r.objective.name, r.objective.query))}</code>"
-                    + (
-                        f"<br><small>samples: <code>{e(counted)}</code></small>"
-                        if (counted := result.sample_queries.get(r.objective.name))
-                        else ""
-                    ),
-                ]
-                for r in result.objectives
-            ],
+            [_objective_row(r, result) for r in result.objectives],
         ),
-        "<h2>Scrape targets over the window</h2>",
-        f"<p>{e(targets_line(result))}</p>",
-    ]  # fmt: skip
+    )
+
+
+def _html_targets(result: GateResult) -> str:
+    """The scrape targets' sentence, then a row per target when any was scraped."""
+    parts = [f"<p>{_e(targets_line(result))}</p>"]
     if result.target_uptime:
-        sections.append(
+        parts.append(
             _table(
                 ["target", "lowest up", "up share", "scrapes", "status"],
                 [
-                    [e(t.label), f"{t.min_up:g}", f"{t.avg_up:.1%}", str(t.scrapes),
-                     _badge("FAIL" if t.down_in_window else "PASS") + " " + e(_uptime(t))]
+                    [_e(t.label), f"{t.min_up:g}", f"{t.avg_up:.1%}", str(t.scrapes),
+                     _badge("FAIL" if t.down_in_window else "PASS") + " " + _e(_uptime(t))]
                     for t in result.target_uptime
                 ],
             )
         )  # fmt: skip
-    if result.cross_checks:
-        sections += [
-            "<h2>Server and client views</h2>",
-            "<p>Server figures come from Prometheus; client figures from the load "
-            "generator's raw data for the same window. Client percentiles are Locust's "
-            "(exact below 100 ms, to 10 ms below 1 s).</p>",
-            *sorted({f"<p><b>{e(c.note)}</b></p>" for c in result.cross_checks if c.note}),
-            _table(
-                ["figure", "server", "client", "difference", "tolerance", "agree"],
-                [
-                    [e(c.objective), f"{_num(c.server)} {e(c.unit)}",
-                     f"{_num(c.client)} {e(c.unit)}", _num(c.difference), e(c.tolerance),
-                     _badge(_agreement(c.agrees))]
-                    for c in result.cross_checks
-                ],
-            ),
-        ]  # fmt: skip
-    if result.series:
-        series = result.series
-        latency = {
-            k.removeprefix("latency "): v for k, v in series.items() if k.startswith("latency")
-        }
-        sections += [
-            "<h2>Over time</h2>",
-            line_chart("Latency", latency, unit="ms"),
-            *(
-                line_chart(title, {name: series[name]} if name in series else {}, unit=unit)
-                for title, name, unit in (
-                    ("Throughput", "requests/s", "req/s"),
-                    ("Errors", "errors/s", "err/s"),
-                    ("Users", "users", "users"),
-                )
-            ),
-        ]  # fmt: skip
-    if result.client:
-        unreliable = result.client.unreliable_because
-        sections += [
-            "<h2>Per endpoint (load generator, and the services' own p95)</h2>",
-            *(
-                [f"<p><b>CLIENT-SIDE FIGURES UNRELIABLE:</b> {e('; '.join(unreliable))}"
-                 ".</p>"]
-                if unreliable
-                else []
-            ),
-            _table(
-                ["endpoint", "requests", "failures", "median", "p95", "p99", "req/s",
-                 "server p95"],
-                [
-                    [e(p.label), f"{p.requests:,}", f"{p.failures:,}", f"{_num(p.median_ms)} ms",
-                     f"{_num(p.p95_ms)} ms", f"{_num(p.p99_ms)} ms", f"{p.requests_per_second:.1f}",
-                     f"{_num(result.endpoint_p95_ms.get(p.label))} ms"]
-                    for p in (*result.client.endpoints, result.client.aggregated)
-                ],
-            ),
-            f"<p>Peak users: {result.client.users_peak:,}.</p>",
-        ]  # fmt: skip
-    if result.cpu is not None:
-        sections.append(
-            f"<h2>CPU of the stack over the load window</h2><p>{e(cpu_line(result.cpu))}</p>"
-        )
-    if result.client is not None and result.client.generator is not None:
-        sections.append(f"<p>{e(generator_line(result.client.generator))}</p>")
-    if result.memory_mb:
-        sections.append(
-            "<h2>Memory of the whole stack (RSS)</h2><p>"
-            + " · ".join(f"{e(k)}: {_num(v)} MB" for k, v in result.memory_mb.items())
-            + "</p>"
-        )
-    if result.recovery is not None:
-        drill = result.recovery
-        sections += [
-            "<h2>Resilience drill: faults under load</h2>",
-            f"<p>{_badge(drill.status.value)} {e(drill.reason)}</p>",
-        ]
-        if drill.faults:
-            sections.append(
-                "<ul>" + "".join(f"<li>{e(x)}</li>" for x in _drill_summary(drill)) + "</ul>"
+    return _section("Scrape targets over the window", *parts)
+
+
+def _html_cross_checks(checks: Sequence[CrossCheck]) -> str:
+    if not checks:
+        return ""
+    return _section(
+        "Server and client views",
+        "<p>Server figures come from Prometheus; client figures from the load "
+        "generator's raw data for the same window. Client percentiles are Locust's "
+        "(exact below 100 ms, to 10 ms below 1 s).</p>",
+        *sorted({f"<p><b>{_e(c.note)}</b></p>" for c in checks if c.note}),
+        _table(
+            ["figure", "server", "client", "difference", "tolerance", "agree"],
+            [
+                [_e(c.objective), f"{_num(c.server)} {_e(c.unit)}",
+                 f"{_num(c.client)} {_e(c.unit)}", _num(c.difference), _e(c.tolerance),
+                 _badge(_agreement(c.agrees))]
+                for c in checks
+            ],
+        ),
+    )  # fmt: skip
+
+
+def _html_series(series: dict[str, Series]) -> str:
+    """Latency (every ``latency ...`` series), throughput, errors and users over time."""
+    if not series:
+        return ""
+    latency = {k.removeprefix("latency "): v for k, v in series.items() if k.startswith("latency")}
+    return _section(
+        "Over time",
+        line_chart("Latency", latency, unit="ms"),
+        *(
+            line_chart(title, {name: series[name]} if name in series else {}, unit=unit)
+            for title, name, unit in (
+                ("Throughput", "requests/s", "req/s"),
+                ("Errors", "errors/s", "err/s"),
+                ("Users", "users", "users"),
             )
-            sections.append(
-                _table(
-                    ["fault", "status", "served again", "back in rotation", "client side",
-                     "server side", "evidence"],
-                    [
-                        [f"{e(f.name)}<br><small>{e(f.expectation)}</small>",
-                         _badge(f.status.value) + "<br>" + e(f.reason),
-                         e(_seconds(f.served_again_s)), e(_seconds(f.in_rotation_s)),
-                         e(f.client.describe()), e(_server(f)),
-                         "<br>".join(f"<pre>{e(x)}</pre>" if "\n" in x else e(x)
-                                     for x in f.evidence)]
-                        for f in drill.faults
-                    ],
-                )
-            )  # fmt: skip
-    sections += [
-        "<h2>Acceptance criteria of the spec</h2>",
+        ),
+    )
+
+
+def _endpoint_row(p: EndpointFigures, server_p95_ms: float | None) -> list[str]:
+    return [
+        _e(p.label), f"{p.requests:,}", f"{p.failures:,}", f"{_num(p.median_ms)} ms",
+        f"{_num(p.p95_ms)} ms", f"{_num(p.p99_ms)} ms", f"{p.requests_per_second:.1f}",
+        f"{_num(server_p95_ms)} ms",
+    ]  # fmt: skip
+
+
+def _html_endpoints(client: ClientFigures | None, server_p95_ms: dict[str, float]) -> str:
+    """The load generator's figures per endpoint (and in all), beside the server's p95."""
+    if not client:
+        return ""
+    unreliable = client.unreliable_because
+    warning = (
+        [f"<p><b>CLIENT-SIDE FIGURES UNRELIABLE:</b> {_e('; '.join(unreliable))}.</p>"]
+        if unreliable
+        else []
+    )
+    return _section(
+        "Per endpoint (load generator, and the services' own p95)",
+        *warning,
+        _table(
+            ["endpoint", "requests", "failures", "median", "p95", "p99", "req/s", "server p95"],
+            [
+                _endpoint_row(p, server_p95_ms.get(p.label))
+                for p in (*client.endpoints, client.aggregated)
+            ],
+        ),
+        f"<p>Peak users: {client.users_peak:,}.</p>",
+    )
+
+
+def _html_cpu(cpu: CpuUse | None) -> str:
+    if cpu is None:
+        return ""
+    return f"<h2>CPU of the stack over the load window</h2><p>{_e(cpu_line(cpu))}</p>"
+
+
+def _html_generator(generator: GeneratorUse | None) -> str:
+    return "" if generator is None else f"<p>{_e(generator_line(generator))}</p>"
+
+
+def _html_memory(memory_mb: dict[str, float | None]) -> str:
+    if not memory_mb:
+        return ""
+    return (
+        "<h2>Memory of the whole stack (RSS)</h2><p>"
+        + " · ".join(f"{_e(k)}: {_num(v)} MB" for k, v in memory_mb.items())
+        + "</p>"
+    )
+
+
+def _evidence_html(line: str) -> str:
+    """A line of evidence; one spanning several lines (a log tail) preformatted."""
+    return f"<pre>{_e(line)}</pre>" if "\n" in line else _e(line)
+
+
+def _fault_row(f: FaultResult) -> list[str]:
+    return [
+        _with_small(f.name, f.expectation), _badge(f.status.value) + "<br>" + _e(f.reason),
+        _e(_seconds(f.served_again_s)), _e(_seconds(f.in_rotation_s)),
+        _e(f.client.describe()), _e(_server(f)),
+        "<br>".join(_evidence_html(x) for x in f.evidence),
+    ]  # fmt: skip
+
+
+def _html_drill(drill: DrillResult | None) -> str:
+    """The drill's verdict; when faults ran, its figures and a row per fault."""
+    if drill is None:
+        return ""
+    parts = [f"<p>{_badge(drill.status.value)} {_e(drill.reason)}</p>"]
+    if drill.faults:
+        parts += [
+            "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in _drill_summary(drill)) + "</ul>",
+            _table(
+                ["fault", "status", "served again", "back in rotation", "client side",
+                 "server side", "evidence"],
+                [_fault_row(f) for f in drill.faults],
+            ),
+        ]  # fmt: skip
+    return _section("Resilience drill: faults under load", *parts)
+
+
+def _html_acceptance(acceptance: Sequence[CriterionResult]) -> str:
+    return _section(
+        "Acceptance criteria of the spec",
         _table(
             ["area", "criterion", "status", "evidence"],
             [
-                [e(c.criterion.area),
-                 f"{e(c.criterion.spec_text)}<br><small>{e(c.criterion.meaning)}</small>",
-                 _badge(c.status.value), "<br>".join(e(x) for x in c.evidence)]
-                for c in result.acceptance
+                [_e(c.criterion.area), _with_small(c.criterion.spec_text, c.criterion.meaning),
+                 _badge(c.status.value), "<br>".join(_e(x) for x in c.evidence)]
+                for c in acceptance
             ],
         ),
-    ]  # fmt: skip
-    if result.suites:
-        s = result.suites
-        failed = [o for o in s.outcomes if o.status in ("failed", "error")]
-        sections += [
-            "<h2>Suites</h2>",
-            f"<p>{s.count('passed')} passed, {s.count('failed')} failed, "
-            f"{s.count('error')} errors, "
-            f"{s.count('skipped')} skipped (JUnit: <code>{e(str(s.junit_path.name))}</code>).</p>",
-        ]
-        if failed:
-            sections.append(
-                _table(
-                    ["test", "message"], [[e(f"{o.file}::{o.name}"), e(o.message)] for o in failed]
-                )
+    )  # fmt: skip
+
+
+def _html_suites(suites: SuiteResults | None) -> str:
+    """The suites' counts, then a row per test that failed or errored."""
+    if not suites:
+        return ""
+    junit = f"(JUnit: <code>{_e(str(suites.junit_path.name))}</code>)"
+    parts = [f"<p>{_suite_counts(suites)} {junit}.</p>"]
+    failed = [o for o in suites.outcomes if o.status in ("failed", "error")]
+    if failed:
+        parts.append(
+            _table(
+                ["test", "message"], [[_e(f"{o.file}::{o.name}"), _e(o.message)] for o in failed]
             )
-    if result.notes or result.timings_s:
-        sections.append("<h2>Notes</h2><ul>")
-        sections += [f"<li>{e(n)}</li>" for n in result.notes]
-        sections += [f"<li>{e(k)}: {v:.1f} s</li>" for k, v in result.timings_s.items()]
-        sections.append("</ul>")
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}"
-        "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d0d7de;"
-        "padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}"
-        "code{font-size:.8rem;word-break:break-all}figure{margin:1rem 0}"
-    )
+        )
+    return _section("Suites", *parts)
+
+
+def _html_notes(notes: Sequence[str], timings_s: dict[str, float]) -> str:
+    if not (notes or timings_s):
+        return ""
+    items = [f"<li>{_e(n)}</li>" for n in notes]
+    items += [f"<li>{_e(k)}: {v:.1f} s</li>" for k, v in timings_s.items()]
+    return "\n".join(["<h2>Notes</h2><ul>", *items, "</ul>"])
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}"
+    "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #d0d7de;"
+    "padding:.3rem .5rem;text-align:left;vertical-align:top;font-size:.9rem}"
+    "code{font-size:.8rem;word-break:break-all}figure{margin:1rem 0}"
+)
+
+
+def _page(title: str, body: str) -> str:
+    """The HTML document around ``body``; ``title`` is HTML already."""
     return (
         "<!doctype html><html lang=en><meta charset=utf-8>"
-        f"<title>AtendeAI gate {e(result.run_id)}: {e(result.verdict.value)}</title>"
-        f"<style>{style}</style><body>" + "\n".join(sections) + "</body></html>\n"
+        f"<title>{title}</title><style>{_STYLE}</style><body>{body}</body></html>\n"
     )
+
+
+def render_html(result: GateResult) -> str:
+    """The page: its sections in order, one line apart (absent ones left out)."""
+    sections = [
+        _html_heading(result),
+        _html_objectives(result),
+        _html_targets(result),
+        _html_cross_checks(result.cross_checks),
+        _html_series(result.series),
+        _html_endpoints(result.client, result.endpoint_p95_ms),
+        _html_cpu(result.cpu),
+        _html_generator(_generator(result)),
+        _html_memory(result.memory_mb),
+        _html_drill(result.recovery),
+        _html_acceptance(result.acceptance),
+        _html_suites(result.suites),
+        _html_notes(result.notes, result.timings_s),
+    ]
+    title = f"AtendeAI gate {_e(result.run_id)}: {_e(result.verdict.value)}"
+    return _page(title, "\n".join(section for section in sections if section))
