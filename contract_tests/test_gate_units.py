@@ -32,7 +32,6 @@ from harness.gate.crosscheck import cross_check
 from harness.gate.evidence import read_objectives
 from harness.gate.loadrun import ClientFigures, EndpointFigures, HistoryPoint, read_locust_csv
 from harness.gate.memory import tree_rss_bytes
-from harness.gate.prometheus import PrometheusReader
 from harness.gate.report import write_reports
 from harness.gate.result import GateResult
 from harness.gate.slo import (
@@ -49,6 +48,7 @@ from harness.gate.slo import (
 )
 from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
 from harness.processes import LOOPBACK, free_ports, wait_until
+from harness.prometheus_api import PrometheusClient
 from harness.providers.prometheus import LocalPrometheus, PrometheusSettings, ScrapeJob
 from harness.stack import Stack
 from harness.tenants import Tenant
@@ -555,7 +555,7 @@ def test_the_benchmark_summary_shows_each_figures_samples() -> None:
 # --- evidence from a real Prometheus: the stack's -----------------------------------------
 
 
-def _scraped_past(reader: PrometheusReader, at: float, selector: str = "up") -> None:
+def _scraped_past(reader: PrometheusClient, at: float, selector: str = "up") -> None:
     """Wait until every target matching ``selector`` has been scraped at or after ``at``."""
     wait_until(
         lambda: (reader.instant(f"min(timestamp({selector}))", time.time()) or 0) >= at,
@@ -565,7 +565,7 @@ def _scraped_past(reader: PrometheusReader, at: float, selector: str = "up") -> 
     )
 
 
-def _window(reader: PrometheusReader, action: Callable[[], object], selector: str = "up"):
+def _window(reader: PrometheusClient, action: Callable[[], object], selector: str = "up"):
     """(start, end) of a window that holds a scrape before ``action`` and one after it.
 
     It starts a second before the first of those scrapes: the gate rounds a window
@@ -582,7 +582,7 @@ def _one(name: str, slo: SloFile) -> SloFile:
     return SloFile(version=1, objectives=[o for o in slo.objectives if o.name == name])
 
 
-def _evaluate(slo: SloFile, reader: PrometheusReader, window: tuple[float, float]):
+def _evaluate(slo: SloFile, reader: PrometheusClient, window: tuple[float, float]):
     readings = read_objectives(slo, reader, window)
     (result,) = evaluate(slo, readings.values, evidence=readings.evidence)
     return result, readings
@@ -592,7 +592,7 @@ def test_live_a_percentile_of_three_requests_is_not_verifiable(stack: Stack, ten
     """The default file's p95_reads over windows of the stack's own Prometheus: three
     reads are too few for a p95; forty are enough (the control)."""
     assert stack.prometheus_url, "the suites' stack has a Prometheus"
-    reader = PrometheusReader(stack.prometheus_url)
+    reader = PrometheusClient(stack.prometheus_url)
     reads = _one("p95_reads", load_slo_file())
     clinic = tenant.client("clinics", "staff")
 
@@ -675,7 +675,7 @@ class MetricsPage:
 
 @dataclass(frozen=True)
 class ProbePrometheus:
-    reader: PrometheusReader
+    reader: PrometheusClient
     page: MetricsPage
 
 
@@ -689,7 +689,7 @@ def probe_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe
         with LocalPrometheus(
             tmp_path_factory.mktemp("probe-prometheus"), jobs=[job], settings=settings
         ) as prometheus:
-            reader = PrometheusReader(prometheus.url())
+            reader = PrometheusClient(prometheus.url())
             # Prometheus 2.42 hands new targets to its scrapers on a 5 s tick
             _scraped_past(reader, time.time(), PROBE)
             yield ProbePrometheus(reader, page)
@@ -697,7 +697,7 @@ def probe_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe
         page.stop()
 
 
-def _probe_up(reader: PrometheusReader) -> float | None:
+def _probe_up(reader: PrometheusClient) -> float | None:
     return reader.instant(PROBE, time.time())
 
 

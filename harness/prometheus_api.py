@@ -1,13 +1,16 @@
-"""A small client of the Prometheus HTTP API: queries, targets, rules and alerts.
+"""The one client of the Prometheus HTTP API: instant and range queries,
+targets, rules and alerts.
 
 Every call raises ``PrometheusError`` naming the endpoint, the query and what
 Prometheus answered, so a failed assertion shows the PromQL that failed.
 ``wait_for_targets`` and ``wait_for_alert`` poll with a deadline (never a
-bare sleep) and time out with the last state seen as evidence.
+bare sleep) and time out with the last state seen as evidence. Reading an
+SLO objective over a window is the gate's (``harness.gate.evidence``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +39,17 @@ class Alert:
 
 
 class PrometheusClient:
-    """``PrometheusClient(url)``: synchronous, one ``httpx.Client``; close it or use ``with``."""
+    """``PrometheusClient(url)``: synchronous, one ``httpx.Client``; close it or use ``with``.
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+    A refused connection is tried three times more (0, 0.5, 1 s apart): a
+    Prometheus that is restarting is read once it is back.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, transport=httpx.HTTPTransport(retries=3)
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -52,20 +61,22 @@ class PrometheusClient:
         self.close()
 
     def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """The ``data`` of a successful answer: the one place where what httpx raises,
+        and every answer that is not a success, becomes a ``PrometheusError``."""
+        request = f"GET {self.url}{path} {dict(params or {})}"
         try:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as error:
-            raise PrometheusError(f"GET {self.url}{path}: {error}") from error
+            raise PrometheusError(f"{request}: {type(error).__name__}: {error}") from error
         try:
             body = response.json()
         except ValueError:
             raise PrometheusError(
-                f"GET {self.url}{path} {dict(params or {})}: answered {response.status_code}, "
-                f"not JSON: {response.text[:300]}"
+                f"{request}: answered {response.status_code}, not JSON: {response.text[:300]}"
             ) from None
         if response.status_code != 200 or body.get("status") != "success":
             raise PrometheusError(
-                f"GET {self.url}{path} {dict(params or {})}: answered {response.status_code}: "
+                f"{request}: answered {response.status_code}: "
                 f"{body.get('errorType', '')} {body.get('error', body)}"
             )
         return body["data"]
@@ -84,22 +95,55 @@ class PrometheusClient:
 
     # -- queries
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """An instant query; the result list (``[]`` when the query matched nothing)."""
-        data = self._get("/api/v1/query", {"query": promql})
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, at unix time ``at`` (default: now); the result list
+        (``[]`` when the query matched nothing; a scalar as one series without labels)."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        data = self._get("/api/v1/query", params)
         result = data["result"]
         if data["resultType"] == "scalar":
             return [{"metric": {}, "value": result}]
         return list(result)
 
-    def value(self, promql: str) -> float | None:
-        """The single value of an instant query (``None`` when empty; error when several)."""
-        result = self.query(promql)
+    def value(self, promql: str, at: float | None = None) -> float | None:
+        """The single value of an instant query as Prometheus gave it, NaN and Inf
+        included (``None`` when empty; error when several series)."""
+        result = self.query(promql, at)
         if not result:
             return None
         if len(result) > 1:
             raise PrometheusError(f"{promql!r} returned {len(result)} series, expected one")
         return float(result[0]["value"][1])
+
+    def instant(self, promql: str, at: float | None = None) -> float | None:
+        """``value``, with NaN as ``None`` (no figure)."""
+        value = self.value(promql, at)
+        return None if value is None or math.isnan(value) else value
+
+    def by_labels(self, promql: str, at: float, labels: tuple[str, ...]) -> dict[str, float]:
+        """One number per series at ``at``, keyed by the series' ``labels`` joined by a
+        space; NaN left out."""
+        values = {
+            " ".join(item["metric"].get(label, "") for label in labels): float(item["value"][1])
+            for item in self.query(promql, at)
+        }
+        return {key: value for key, value in values.items() if not math.isnan(value)}
+
+    def series(
+        self, promql: str, start: float, end: float, step_s: int
+    ) -> list[tuple[float, float]]:
+        """``[(unix time, value), ...]`` of a range query that returns one series
+        (start and end in whole seconds; NaN left out)."""
+        params = {"query": promql, "start": str(round(start)), "end": str(round(end))}
+        result = self._get("/api/v1/query_range", {**params, "step": f"{step_s}s"})["result"]
+        if not result:
+            return []
+        return [(float(t), float(v)) for t, v in result[0]["values"] if not math.isnan(float(v))]
+
+    def up_counts(self) -> tuple[int, int]:
+        """(targets whose ``up`` is 1 now, targets with an ``up`` series)."""
+        values = self.query("up")
+        return sum(1 for item in values if float(item["value"][1]) == 1), len(values)
 
     # -- targets
 

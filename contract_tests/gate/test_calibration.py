@@ -21,7 +21,7 @@ ranks that would move a true value to another bucket.
 The gate's own load runner (``harness.gate.loadrun.run_load``) drives a short,
 fixed load through HAProxy (``calibration_locustfile.py``); then the figures
 are read the way the gate reads them (``harness.gate.slo`` documents,
-``harness.gate.prometheus.PrometheusReader``, the load generator's
+``harness.prometheus_api.PrometheusClient``, the load generator's
 ``ClientFigures``). The truth comes from the fault plan and the services' own
 counters, read directly (not through Prometheus) before and after the load:
 every percentile must land in the histogram bucket
@@ -53,9 +53,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.gate.evidence import read_objectives
+from harness.gate.evidence import objective_value, read_objectives
 from harness.gate.loadrun import ClientFigures, EndpointFigures, LoadRunConfig, run_load
-from harness.gate.prometheus import PrometheusReader
 from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     ObjectiveResult,
@@ -66,7 +65,7 @@ from harness.gate.slo import (
     load_slo_file,
     parse_slo_text,
 )
-from harness.prometheus_api import wait_for_stack_targets
+from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers.local import LocalStackConfig, supervised_local_stack
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password, login_body
@@ -180,7 +179,7 @@ class Run:
     client: ClientFigures
     before: Counter[Key]
     after: Counter[Key]
-    reader: PrometheusReader
+    reader: PrometheusClient
     plan: FaultPlan
 
     @property
@@ -319,7 +318,7 @@ objectives:
 # --- the calibrated run ----------------------------------------------------------------------
 
 
-def _wait_for_scrapes_past(reader: PrometheusReader, end: float) -> None:
+def _wait_for_scrapes_past(reader: PrometheusClient, end: float) -> None:
     """Until every target has been scraped after ``end`` (the gate waits for one)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -372,7 +371,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         stack_json = out / "stack.json"
         stack.write_json(stack_json)
         wait_for_stack_targets(stack, timeout_s=30)
-        reader = PrometheusReader(stack.prometheus_url or "")
+        reader = PrometheusClient(stack.prometheus_url or "")
         before = server_counts(stack)
         client = run_load(
             LoadRunConfig(
@@ -433,7 +432,7 @@ def test_the_gates_percentiles_of_one_route_land_in_the_true_bucket(run: Run, na
     truth = run.latency(q, lambda m, r: (m, r) == ("GET", "/clinics/me"))
     slo = parse_slo_text(ROUTE_PERCENTILES, "<calibration>")
     (objective,) = [o for o in slo.objectives if o.name == name]
-    server = run.reader.objective_value(objective, *run.window)
+    server = objective_value(run.reader, objective, *run.window)
     assert truth.mismatch(server) is None, f"Prometheus: {truth.mismatch(server)}"
     figures = run.endpoint("GET", "/clinics/me")
     client_ms = {"p50": figures.median_ms, "p95": figures.p95_ms, "p99": figures.p99_ms}[name]
@@ -456,7 +455,7 @@ def test_the_error_ratio_and_availability_are_within_a_tenth_of_a_point(run: Run
         "version: 1\nobjectives:\n  - name: route_errors\n"
         f"    query: '{query}'\n    unit: ratio\n    comparator: '<'\n    threshold: 0.01\n"
     )
-    computed = run.reader.objective_value(slo.objectives[0], *run.window)
+    computed = objective_value(run.reader, slo.objectives[0], *run.window)
     assert route_share.mismatch(computed) is None, route_share.mismatch(computed)
     # The load generator's failure ratio, over what it sent.
     sent = run.client.aggregated.requests

@@ -24,9 +24,10 @@ import pytest
 
 from harness.gate.buckets import objective_buckets
 from harness.gate.crosscheck import cross_check
+from harness.gate.evidence import objective_value
 from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
-from harness.gate.prometheus import PrometheusReader
 from harness.gate.slo import DEFAULT_SLO_FILE, evaluate_objective, load_slo_file
+from harness.prometheus_api import PrometheusClient
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password
 
@@ -135,7 +136,7 @@ def loads(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
 
 
 def _check(stack: Stack, client: ClientFigures):
-    reader = PrometheusReader(stack.prometheus_url or "")
+    reader = PrometheusClient(stack.prometheus_url or "")
     slo = load_slo_file(DEFAULT_SLO_FILE)
     objective = next(o for o in slo.objectives if o.name == "p95_overall")
     deadline = time.monotonic() + 30  # until every target was scraped past the window
@@ -143,7 +144,7 @@ def _check(stack: Stack, client: ClientFigures):
         assert time.monotonic() < deadline, "Prometheus did not scrape past the window"
         time.sleep(0.5)
     result = evaluate_objective(
-        objective, reader.objective_value(objective, client.started_at, client.ended_at)
+        objective, objective_value(reader, objective, client.started_at, client.ended_at)
     )
     buckets, _ = objective_buckets([result], reader, client.ended_at)
     return cross_check([result], client, buckets)[0]

@@ -41,7 +41,6 @@ import httpx
 import pytest
 
 from harness.gate.evidence import read_objectives
-from harness.gate.prometheus import PrometheusReader
 from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     ObjectiveResult,
@@ -50,7 +49,7 @@ from harness.gate.slo import (
     evaluate,
     load_slo_file,
 )
-from harness.prometheus_api import wait_for_stack_targets
+from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers.haproxy import HAProxySettings
 from harness.providers.local import LocalStackConfig, supervised_local_stack
 from harness.stack import Stack
@@ -78,7 +77,7 @@ OBJECTIVES = ("p95_db_query", "p95_cache_hit", "gateway_overhead")
 class PerfStack:
     stack: Stack
     tenant: Tenant
-    reader: PrometheusReader
+    reader: PrometheusClient
     slo: SloFile
     token: str  # the tenant admin's, signed in before any window
 
@@ -158,7 +157,7 @@ def perf(request: pytest.FixtureRequest) -> Iterator[PerfStack]:
             stack.postgres.owner_dsn, api=api, password_hash=hash_password(), roles=("admin",)
         )
         wait_for_stack_targets(stack, timeout_s=30)
-        reader = PrometheusReader(stack.prometheus_url or "")
+        reader = PrometheusClient(stack.prometheus_url or "")
         perf = PerfStack(stack, tenant, reader, load_slo_file(), tenant.access_token("admin"))
         # HAProxy 2.6's exporter divides each backend's time sums by 1024 until
         # the backend has served 1024 requests: the normal window's backends are

@@ -19,12 +19,11 @@ from harness.gate.acceptance import CRITERIA, CriterionStatus, assess
 from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
 from harness.gate.loadrun import LoadRunConfig
-from harness.gate.prometheus import PrometheusReader
 from harness.gate.recovery import DrillStatus
 from harness.gate.report import render_html, render_junit, render_markdown
 from harness.gate.result import GateResult
 from harness.gate.slo import Verdict
-from harness.prometheus_api import wait_for_stack_targets
+from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers import RunningStack, StackRequest, open_stack
 from harness.stack import Credentials, PostgresEndpoints, Stack
 
@@ -68,7 +67,7 @@ def drill(
         running.supervisor,
         plan,
         load=load,
-        reader=PrometheusReader(stack.prometheus_url),
+        reader=PrometheusClient(stack.prometheus_url),
         progress=_say,
     )
     assert client is not None and client.aggregated.requests > 0

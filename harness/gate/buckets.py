@@ -14,8 +14,8 @@ import math
 import re
 from collections.abc import Iterable
 
-from harness.gate.prometheus import PrometheusReader, QueryError
 from harness.gate.slo import ObjectiveResult
+from harness.prometheus_api import PrometheusClient, PrometheusError
 
 Bucket = tuple[float, float]  # (lower, upper] in the objective's unit; upper may be inf
 
@@ -38,14 +38,14 @@ def bucket_of(value: float, bounds: Iterable[float]) -> Bucket | None:
     return None
 
 
-def read_bounds(reader: PrometheusReader, histogram: str, at: float) -> tuple[float, ...]:
+def read_bounds(reader: PrometheusClient, histogram: str, at: float) -> tuple[float, ...]:
     """The ``le`` bounds ``histogram`` has in Prometheus at ``at`` (+Inf included)."""
     by_le = reader.by_labels(f"count by (le) ({histogram}_bucket)", at, ("le",))
     return tuple(sorted(float(le) for le in by_le))
 
 
 def objective_buckets(
-    results: Iterable[ObjectiveResult], reader: PrometheusReader, at: float
+    results: Iterable[ObjectiveResult], reader: PrometheusClient, at: float
 ) -> tuple[dict[str, Bucket], list[str]]:
     """Each percentile objective's bucket (by objective name), and notes on
     what could not be read."""
@@ -59,7 +59,7 @@ def objective_buckets(
         if histogram not in bounds:
             try:
                 bounds[histogram] = read_bounds(reader, histogram, at)
-            except QueryError as error:
+            except PrometheusError as error:
                 notes.append(f"buckets of {histogram}: {error}")
                 bounds[histogram] = ()
         bucket = bucket_of(result.value, bounds[histogram])

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.exceptions import ConfigurationError, FaultNotSupported, HarnessError
+from harness.exceptions import ConfigurationError, FaultNotSupported, HarnessError, PrometheusError
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
 from harness.gate.ledger import LedgerResult, check_ledger, read_ledger
 from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
@@ -45,7 +45,7 @@ from harness.gate.recovery import (
 )
 
 if TYPE_CHECKING:
-    from harness.gate.prometheus import PrometheusReader
+    from harness.prometheus_api import PrometheusClient
     from harness.providers import Supervisor
     from harness.stack import Stack
 
@@ -558,15 +558,15 @@ def _within(second: int, start: float, end: float, edge: float = 0.0) -> bool:
 _USER_ROUTES = 'route!~"/health|/ready|/metrics|/openapi.json|/status"'
 
 
-def server_counts(reader: PrometheusReader, start: float, end: float) -> tuple[Counts | None, str]:
+def server_counts(reader: PrometheusClient, start: float, end: float) -> tuple[Counts | None, str]:
     """Requests and 5xx the services counted in [start, end], or None and why not."""
-    from harness.gate.prometheus import QueryError
+    from harness.gate.evidence import target_uptime  # evidence imports this module
 
     seconds = max(2, math.ceil(end - start))
     try:
-        targets = reader.target_uptime(start, end)
-        reference = reader.target_uptime(start - seconds, start)
-    except QueryError as error:
+        targets = target_uptime(reader, start, end)
+        reference = target_uptime(reader, start - seconds, start)
+    except PrometheusError as error:
         return None, f"NOT VERIFIABLE: Prometheus could not be read ({error})"
     expected = max((t.scrapes for t in reference), default=0)
     missing = [t.label for t in targets if t.scrapes < expected - 1]
@@ -582,7 +582,7 @@ def server_counts(reader: PrometheusReader, start: float, end: float) -> tuple[C
     try:
         total = reader.instant(f"sum(increase({counted}[{seconds}s]))", end)
         errors = reader.instant(f"sum(increase({failed}[{seconds}s])) or vector(0)", end)
-    except QueryError as error:
+    except PrometheusError as error:
         return None, f"NOT VERIFIABLE: {error}"
     if total is None:
         return None, "NOT VERIFIABLE: no request counted in the window"
@@ -596,7 +596,7 @@ def analyse(
     records: list[FaultRecord],
     *,
     evidence_dir: Path,
-    reader: PrometheusReader | None,
+    reader: PrometheusClient | None,
     superuser_dsn: str | None,
     phase: tuple[float, float],
     users: int,
@@ -727,7 +727,7 @@ def run_drill_under_load(
     plan: DrillPlan,
     *,
     load: LoadRunConfig,
-    reader: PrometheusReader | None,
+    reader: PrometheusClient | None,
     progress: Progress,
     threshold_s: float = 120.0,
 ) -> tuple[DrillResult, ClientFigures | None]:

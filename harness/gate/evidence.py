@@ -11,18 +11,65 @@ evaluation reports as NOT VERIFIABLE, never as a pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from harness.gate.drill import DrillResult
 from harness.gate.loadrun import ClientFigures
-from harness.gate.prometheus import PrometheusReader, QueryError
 from harness.gate.slo import (
     Evidence,
+    Objective,
     SloFile,
     TargetUptime,
     render_query,
     render_samples_query,
 )
+from harness.prometheus_api import PrometheusClient, PrometheusError
+
+
+def objective_value(
+    reader: PrometheusClient, objective: Objective, start: float, end: float
+) -> float | None:
+    """The objective's figure over the window (None: no data, or NaN)."""
+    return reader.instant(render_query(objective, max(1, round(end - start))), end)
+
+
+def objective_figure(
+    reader: PrometheusClient, objective: Objective, start: float, end: float
+) -> float | None:
+    """The objective's figure over the window, NaN and Inf kept (None: no data)."""
+    return reader.value(render_query(objective, max(1, round(end - start))), end)
+
+
+def sample_count(
+    reader: PrometheusClient, objective: Objective, start: float, end: float
+) -> float | None:
+    """How many samples the objective's figure rests on over the window: 0 when
+    the count's series saw nothing; None when the objective has no count."""
+    query = render_samples_query(objective, max(1, round(end - start)))
+    if query is None:
+        return None
+    value = reader.value(query, end)
+    return 0.0 if value is None or math.isnan(value) else value
+
+
+def target_uptime(reader: PrometheusClient, start: float, end: float) -> tuple[TargetUptime, ...]:
+    """Every scrape target's ``up`` over the window: lowest, average, scrape count."""
+    seconds = max(1, round(end - start))
+    labels = ("job", "instance")
+    lowest = reader.by_labels(f"min_over_time(up[{seconds}s])", end, labels)
+    average = reader.by_labels(f"avg_over_time(up[{seconds}s])", end, labels)
+    scrapes = reader.by_labels(f"count_over_time(up[{seconds}s])", end, labels)
+    return tuple(
+        TargetUptime(
+            job=key.split(" ", 1)[0],
+            instance=key.split(" ", 1)[1],
+            min_up=lowest[key],
+            avg_up=average.get(key, lowest[key]),
+            scrapes=int(scrapes.get(key, 0)),
+        )
+        for key in sorted(lowest)
+    )
 
 
 @dataclass(frozen=True)
@@ -37,7 +84,7 @@ class Readings:
 
 def read_objectives(
     slo: SloFile,
-    reader: PrometheusReader,
+    reader: PrometheusClient,
     window: tuple[float, float],
     *,
     profile: str | None = None,
@@ -50,8 +97,8 @@ def read_objectives(
     notes: list[str] = []
     targets: tuple[TargetUptime, ...] | None
     try:
-        targets = reader.target_uptime(start, end)
-    except QueryError as error:
+        targets = target_uptime(reader, start, end)
+    except PrometheusError as error:
         notes.append(f"scrape targets' up-ness: {error}")
         targets = None
     values: dict[str, float | None] = {}
@@ -78,8 +125,8 @@ def read_objectives(
             continue
         queries[name] = render_query(objective, seconds)
         try:
-            values[name] = reader.objective_figure(objective, start, end)
-        except QueryError as error:
+            values[name] = objective_figure(reader, objective, start, end)
+        except PrometheusError as error:
             notes.append(f"{name}: {error}")
             values[name] = None
         counted: float | None = None
@@ -87,11 +134,18 @@ def read_objectives(
         if samples_query is not None:
             sample_queries[name] = samples_query
             try:
-                counted = reader.sample_count(objective, start, end)
-            except QueryError as error:
+                counted = sample_count(reader, objective, start, end)
+            except PrometheusError as error:
                 notes.append(f"{name} samples: {error}")
         evidence[name] = Evidence(counted, targets)
     return Readings(values, evidence, queries, sample_queries, targets, tuple(notes))
 
 
-__all__ = ["Readings", "read_objectives"]
+__all__ = [
+    "Readings",
+    "objective_figure",
+    "objective_value",
+    "read_objectives",
+    "sample_count",
+    "target_uptime",
+]
