@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import os
 import re
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import httpx
 import pytest
 
 from contract_tests.conftest import assert_error, wait_ready
+from harness.childenv import child_environment
 from harness.processes import wait_until
 from harness.providers.local import LocalStackConfig, LocalStackControl, supervised_local_stack
 from harness.providers.redis import LocalRedis
@@ -194,8 +194,10 @@ def test_a_bad_spec_is_refused_naming_the_rule_and_the_problem(text: str, proble
 
 
 def test_a_service_with_a_bad_spec_does_not_start(tmp_path: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
-    env.update(_env(ATENDEAI_FAULTS="GET /users raise; GET /users delay=fast"))
+    env = child_environment(
+        drop_prefixes=("ATENDEAI_",),
+        extra=_env(ATENDEAI_FAULTS="GET /users raise; GET /users delay=fast"),
+    )
     started = subprocess.run(
         [sys.executable, "-m", "system_under_test", "users", "--port", "1"],
         env=env,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import socket
 import stat
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
+from harness import cli, private_files
+from harness.childenv import child_environment
 from harness.exceptions import (
     ComponentNotInstalled,
     ComponentStartError,
@@ -24,6 +26,7 @@ from harness.exceptions import (
     WaitTimeout,
 )
 from harness.keys import generate_jwt_keys
+from harness.private_files import write_private
 from harness.processes import (
     ManagedProcess,
     free_port,
@@ -35,6 +38,7 @@ from harness.providers import StackRequest, external_stack, open_stack
 from harness.providers.local import LocalStackConfig
 from harness.providers.postgres import find_bin_dir
 from harness.providers.redis import find_redis_server
+from harness.providers.rundir import print_progress
 from harness.stack import Credentials, PostgresEndpoints, Stack
 from harness.tenants import CLIENT_NETWORK, ClientAddresses
 
@@ -56,6 +60,121 @@ def make_stack() -> Stack:
         allowed_origins=("http://localhost:8080",),
         extra={"run_dir": "/tmp/x"},
     )
+
+
+# --------------------------------------------------------------------------- toolkit
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored after)."""
+    saved = os.umask(0o022)
+    yield os.umask
+    os.umask(saved)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_write_private_creates_the_file_0600_from_the_first_byte(
+    tmp_path: Path, umask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created: list[int] = []
+
+    class WatchedOs:  # ``os`` as private_files sees it, noting each created file's mode
+        def __getattr__(self, name: str):
+            return getattr(os, name)
+
+        def open(self, path, flags, mode=0o777):
+            fd = os.open(path, flags, mode)
+            created.append(stat.S_IMODE(os.fstat(fd).st_mode))
+            return fd
+
+    monkeypatch.setattr(private_files, "os", WatchedOs())
+    umask(0)  # a umask that narrows nothing: the 0600 is the writer's own
+    path = write_private(tmp_path / "secret.env", "PASSWORD=x\n")
+    assert created == [0o600]  # as created, before a single byte was written
+    assert _mode(path) == 0o600
+    assert path.read_text() == "PASSWORD=x\n"
+
+
+def test_write_private_keeps_the_mode_asked_for_whatever_the_umask(tmp_path: Path, umask) -> None:
+    umask(0)
+    assert _mode(write_private(tmp_path / "a", b"x")) == 0o600
+    assert _mode(write_private(tmp_path / "b", b"x", mode=0o644)) == 0o644
+    umask(0o077)  # a container user must still read a 0644 file
+    assert _mode(write_private(tmp_path / "c", b"x", mode=0o644)) == 0o644
+
+
+def test_write_private_replaces_a_world_readable_file_atomically(tmp_path: Path, umask) -> None:
+    umask(0)
+    path = tmp_path / "stack.json"
+    path.write_text("old")
+    path.chmod(0o644)
+    before = path.stat().st_ino
+    with path.open() as reader:  # opened before: still sees the whole old file
+        write_private(path, "new")
+        assert reader.read() == "old"
+    assert path.stat().st_ino != before  # a new file renamed over it, not rewritten in place
+    assert _mode(path) == 0o600
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["stack.json"]  # no temp file left
+
+
+def test_write_private_leaves_no_temp_file_when_the_write_fails(tmp_path: Path) -> None:
+    path = tmp_path / "keep.txt"
+    path.write_text("untouched")
+    with pytest.raises(TypeError):
+        write_private(path, 12345)  # type: ignore[arg-type]  # fails inside the write
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    assert path.read_text() == "untouched"
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    with pytest.raises(OSError):
+        write_private(directory, "x")  # fails at the rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory", "keep.txt"]
+    assert list(directory.iterdir()) == []
+
+
+def test_child_environment_drops_prefixed_variables_and_adds_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGHOST", "elsewhere")
+    monkeypatch.setenv("ATENDEAI_LEFTOVER", "1")
+    monkeypatch.setenv("KEEP_ME", "kept")
+    monkeypatch.setenv("OVERRIDE_ME", "inherited")
+    env = child_environment(
+        drop_prefixes=("PG", "ATENDEAI_"),
+        extra={"ATENDEAI_DATABASE_URL": "postgresql://x", "OVERRIDE_ME": "given"},
+    )
+    assert "PGHOST" not in env and "ATENDEAI_LEFTOVER" not in env
+    assert not [
+        name
+        for name in env
+        if name.startswith(("PG", "ATENDEAI_")) and name != "ATENDEAI_DATABASE_URL"
+    ]
+    assert env["KEEP_ME"] == "kept"
+    assert env["ATENDEAI_DATABASE_URL"] == "postgresql://x"  # extra is added after the filter
+    assert env["OVERRIDE_ME"] == "given"
+    assert child_environment() == dict(os.environ)  # no prefixes: everything inherited
+    assert os.environ["PGHOST"] == "elsewhere"  # our own environment is not touched
+
+
+def test_the_default_progress_printer_writes_prefixed_lines_to_stderr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    print_progress("postgres ready")
+    assert capsys.readouterr() == ("", "atendeai: postgres ready\n")
+
+
+def test_jwt_keys_modes(tmp_path: Path, umask) -> None:
+    umask(0)
+    private = generate_jwt_keys(tmp_path / "private")
+    assert (_mode(private.private_key_path), _mode(private.public_key_path)) == (0o600, 0o644)
+    umask(0o077)
+    shared = generate_jwt_keys(tmp_path / "shared", private_key_mode=0o644)  # compose's
+    assert (_mode(shared.private_key_path), _mode(shared.public_key_path)) == (0o644, 0o644)
 
 
 # --------------------------------------------------------------------------- Stack

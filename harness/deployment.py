@@ -32,14 +32,14 @@ from harness.docker_engine import docker_client
 from harness.exceptions import ComponentStartError, ConfigurationError
 from harness.images import ImageConfig, ensure_images
 from harness.keys import generate_jwt_keys
+from harness.private_files import write_private
 from harness.processes import LOOPBACK, free_ports
+from harness.progress import Progress
 from harness.providers.database import APP_ROLE, DATABASE, OWNER_ROLE, postgres_dsn
 from harness.providers.exporters import monitor_dsn
 from harness.providers.prometheus import COMPOSE_DIR
 from harness.stack import Credentials, PostgresEndpoints, Stack
 from system_under_test import DEFAULT_PORTS as SERVICE_PORTS
-
-Progress = Callable[[str], None]
 
 PROJECT = "atendeai"
 NETWORK = "atendeai-network"
@@ -239,15 +239,12 @@ def compose_deployment(
     work_dir = Path(tempfile.mkdtemp(prefix="atendeai-compose-"))
     try:
         secrets_dir = work_dir / "secrets"
-        keys = generate_jwt_keys(secrets_dir)  # jwt-private.pem, jwt-public.pem
-        secrets_dir.chmod(0o755)
         # compose mounts the files as they are: the services' user (uid 10001) reads them
-        for key in (keys.private_key_path, keys.public_key_path):
-            key.chmod(0o644)
+        generate_jwt_keys(secrets_dir, private_key_mode=0o644)  # jwt-private.pem, jwt-public.pem
+        secrets_dir.chmod(0o755)
         env = deployment_env(settings, secrets_dir)
         env_file = work_dir / ".env"
-        env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
-        env_file.chmod(0o600)
+        write_private(env_file, "".join(f"{name}={value}\n" for name, value in env.items()))
         compose = DockerCompose(
             context=str(settings.compose_dir),
             compose_file_name="docker-compose.yml",

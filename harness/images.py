@@ -33,15 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.docker_engine import docker_client
 from harness.exceptions import ConfigurationError, ImageBuildError
-
-Progress = Callable[[str], None]
+from harness.progress import Progress
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "compose" / "images"

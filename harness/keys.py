@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.private_files import PRIVATE, write_private
+
 PRIVATE_KEY_NAME = "jwt-private.pem"
 PUBLIC_KEY_NAME = "jwt-public.pem"
 
@@ -19,8 +21,14 @@ class JwtKeyFiles:
     public_key_path: Path
 
 
-def generate_jwt_keys(directory: Path, *, key_size: int = 2048) -> JwtKeyFiles:
-    """Write a fresh RSA key pair as PEM files (PKCS#8 private, SPKI public)."""
+def generate_jwt_keys(
+    directory: Path, *, key_size: int = 2048, private_key_mode: int = PRIVATE
+) -> JwtKeyFiles:
+    """Write a fresh RSA key pair as PEM files (PKCS#8 private, SPKI public).
+
+    The private key file is created with ``private_key_mode`` (0600: its owner
+    only; the compose deployment asks for 0644, its services' container user
+    must read the mounted file); the public one is 0644."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -38,10 +46,8 @@ def generate_jwt_keys(directory: Path, *, key_size: int = 2048) -> JwtKeyFiles:
     )
     private_path = directory / PRIVATE_KEY_NAME
     public_path = directory / PUBLIC_KEY_NAME
-    private_path.touch(mode=0o600, exist_ok=True)
-    private_path.chmod(0o600)
-    private_path.write_bytes(private_pem)
-    public_path.write_bytes(public_pem)
+    write_private(private_path, private_pem, mode=private_key_mode)
+    write_private(public_path, public_pem, mode=0o644)
     return JwtKeyFiles(private_key_path=private_path, public_key_path=public_path)
 
 

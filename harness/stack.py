@@ -7,10 +7,11 @@ listens and how to log in to it. Providers (``harness.providers``) build it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.private_files import write_private
 
 #: The reference platform's own clinic, where its platform admin signs in
 #: (``system_under_test.seed.PLATFORM_CLINIC_SLUG``).
@@ -85,15 +86,9 @@ class Stack:
         return asdict(self)
 
     def write_json(self, path: Path) -> None:
-        """Write the endpoints to ``path`` atomically (no half-written file), mode 0600."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        # It holds passwords: readable by its owner only, from the first byte.
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        """Write the endpoints to ``path`` atomically (no half-written file), mode 0600:
+        it holds passwords, readable by its owner only from the first byte."""
+        write_private(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Stack:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.exceptions import ConfigurationError
-from harness.providers.rundir import Progress
+from harness.progress import Progress
 from harness.stack import Stack
 
 PROVIDERS = ("local", "external", "containers")

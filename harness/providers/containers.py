@@ -49,6 +49,7 @@ from harness.exceptions import ComponentStartError, ConfigurationError, WaitTime
 from harness.images import ImageConfig, ensure_images
 from harness.keys import generate_jwt_keys
 from harness.processes import LOOPBACK, free_ports, wait_until
+from harness.progress import Progress
 from harness.providers import RunningStack, netfaults
 from harness.providers.database import (
     APP_ROLE,
@@ -76,7 +77,7 @@ from harness.providers.prometheus import (
     render_rules,
     rule_files_in,
 )
-from harness.providers.rundir import Progress, make_run_dir, print_progress, remove_run_dir
+from harness.providers.rundir import make_run_dir, print_progress, remove_run_dir
 from harness.providers.services import SERVICE_NAMES
 from harness.stack import Credentials, PostgresEndpoints, Stack
 from system_under_test import DEFAULT_PORTS as SERVICE_PORTS

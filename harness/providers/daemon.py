@@ -47,13 +47,6 @@ def find_binary(component: str, name: str, *, package: str, explicit: Path | Non
     return Path(found)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``, readable by its owner only (it may hold a password)."""
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)
-
-
 class HttpDaemon(StartedResource):
     """One HTTP-serving child process on free loopback ports; a context manager."""
 
@@ -197,4 +190,4 @@ class HttpDaemon(StartedResource):
             self.process = None
 
 
-__all__ = ["HttpDaemon", "find_binary", "write_private"]
+__all__ = ["HttpDaemon", "find_binary"]

@@ -17,11 +17,11 @@ exporter's log instead of a silent 0 later.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from harness.childenv import child_environment
 from harness.exceptions import NotReadyYet
 from harness.providers.daemon import HttpDaemon
 
@@ -50,9 +50,7 @@ def ensure_monitoring_role(superuser_dsn: str, password: str, *, role: str = MON
 
 
 def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "REDIS", "DATA_SOURCE"))}
-    env.update(extra)
-    return env
+    return child_environment(drop_prefixes=("PG", "REDIS", "DATA_SOURCE"), extra=extra)
 
 
 class LocalPostgresExporter(HttpDaemon):

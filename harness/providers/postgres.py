@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from harness.childenv import child_environment
 from harness.exceptions import ComponentNotInstalled, ConfigurationError, WaitTimeout
 from harness.processes import (
     LOOPBACK,
@@ -441,7 +442,7 @@ def _operational_error() -> type[Exception]:
 
 def _clean_env() -> dict[str, str]:
     """The environment for PostgreSQL binaries, without the caller's PG* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = child_environment(drop_prefixes=("PG",))
     env.setdefault("LC_ALL", "C.UTF-8")
     return env
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from harness.exceptions import ComponentNotInstalled, WaitTimeout
+from harness.private_files import write_private
 from harness.processes import (
     LOOPBACK,
     ManagedProcess,
@@ -134,10 +135,7 @@ class LocalRedis(StartedResource):
                 "",
             ]
         )
-        path = self.config_path
-        path.touch(mode=0o600, exist_ok=True)
-        path.chmod(0o600)
-        path.write_text(text)
+        write_private(self.config_path, text)  # it holds the password
 
     def _launch(self, binary: Path) -> None:
         port = free_port(self.host)

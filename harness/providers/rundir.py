@@ -4,19 +4,14 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from harness.exceptions import ConfigurationError
+from harness.progress import Progress, printer
 
-Progress = Callable[[str], None]
-
-
-def print_progress(line: str) -> None:
-    """The default ``progress`` callback: one line to stderr, flushed."""
-    print(f"atendeai: {line}", file=sys.stderr, flush=True)
+#: The default ``progress`` callback: ``atendeai: <line>`` to stderr, flushed.
+print_progress = printer("atendeai")
 
 
 def make_run_dir(base_dir: Path | None, *, prefix: str) -> Path:

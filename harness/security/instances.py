@@ -14,7 +14,6 @@ lend its configuration; anything else raises ``ConfigurationError``.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.childenv import child_environment
 from harness.exceptions import ConfigurationError, PortInUse
 from harness.processes import LOOPBACK, ManagedProcess, free_port, retry_on_bind_failure
 from harness.providers.services import wait_ready
@@ -48,15 +48,17 @@ def service_env(stack: Stack, service: str, overrides: Mapping[str, str] = ()) -
             f"the {stack.provider} stack names no readable JWT public key file "
             "(stack.extra['jwt_public_key_file']); extra service instances need the local stack"
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
-    env.update(
-        PYTHONUNBUFFERED="1",
-        ATENDEAI_DATABASE_URL=stack.postgres.app_dsn,
-        ATENDEAI_REDIS_URL=stack.redis_url,
-        ATENDEAI_JWT_PUBLIC_KEY_FILE=public_key,
-        ATENDEAI_JWT_ISSUER=stack.jwt_issuer,
-        ATENDEAI_JWT_AUDIENCE=stack.jwt_audience,
-        ATENDEAI_CORS_ORIGINS=",".join(stack.allowed_origins),
+    env = child_environment(
+        drop_prefixes=("ATENDEAI_",),
+        extra={
+            "PYTHONUNBUFFERED": "1",
+            "ATENDEAI_DATABASE_URL": stack.postgres.app_dsn,
+            "ATENDEAI_REDIS_URL": stack.redis_url,
+            "ATENDEAI_JWT_PUBLIC_KEY_FILE": public_key,
+            "ATENDEAI_JWT_ISSUER": stack.jwt_issuer,
+            "ATENDEAI_JWT_AUDIENCE": stack.jwt_audience,
+            "ATENDEAI_CORS_ORIGINS": ",".join(stack.allowed_origins),
+        },
     )
     if service == "auth":
         if not private_key or not Path(private_key).is_file():
