@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.exceptions import ConfigurationError
 from harness.gate.acceptance import Criterion, CriterionStatus, assess
 from harness.gate.cpu import (
     CpuUse,
@@ -413,61 +414,96 @@ def test_tree_rss_counts_this_process_and_nothing_for_dead_pids():
     assert tree_rss_bytes([2**22 + 12345]) is None
 
 
-def test_the_capacity_finding_is_the_last_step_that_held() -> None:
+def test_the_capacity_finding_is_read_from_the_json_the_locustfile_wrote(tmp_path) -> None:
+    from harness.exceptions import LoadRunError
     from harness.gate.loadrun import CapacityFinding
 
-    log = (
-        "[..] WARNING/atendeai.capacity: capacity: 3500 users broke p95 200 ms (340 ms); "
-        "last step that held: 3000 users at p95 120 ms\nAll users stopped\n"
+    path = tmp_path / "capacity.json"
+    assert CapacityFinding.read(path) is None  # not the capacity profile
+    path.write_text(
+        '{"line": "capacity: 3500 users broke p95 200 ms (340 ms); last step that held: '
+        '3000 users at p95 120 ms (worst window)", "users_broke": 3500, "users_held": 3000, '
+        '"p95_held_ms": 120}'
     )
-    finding = CapacityFinding.from_log(log)
-    assert finding is not None
-    assert finding.line.startswith("capacity: 3500 users broke")
-    assert (finding.users_held, finding.p95_held_ms) == (3000, 120.0)
-    first_step_broke = CapacityFinding.from_log("capacity: 500 users broke p95 200 ms (900 ms)")
+    finding = CapacityFinding.read(path)
+    assert finding is not None and finding.line.startswith("capacity: 3500 users broke")
+    assert (finding.users_broke, finding.users_held, finding.p95_held_ms) == (3500, 3000, 120.0)
+    path.write_text('{"line": "capacity: 500 users broke p95 200 ms (900 ms)", "users_broke": 500}')
+    first_step_broke = CapacityFinding.read(path)
     assert first_step_broke is not None and first_step_broke.users_held is None
-    assert CapacityFinding.from_log("Ramping to 500 users at a rate of 10.00 per second") is None
+    path.write_text('{"line": ')  # cut short
+    with pytest.raises(LoadRunError, match=r"capacity\.json is unreadable"):
+        CapacityFinding.read(path)
+
+
+def _summary_result(objectives, client: ClientFigures | None = None, **fields) -> GateResult:
+    """A gate run with just what the benchmark summary reads."""
+    return GateResult(
+        run_id="r1",
+        profile=fields.pop("profile", "sla"),
+        provider="local",
+        load_mode="closed model",
+        verdict=Verdict.NO_GO,
+        window=None,
+        objectives=tuple(objectives),
+        queries={},
+        cross_checks=(),
+        acceptance=(),
+        suites=None,
+        client=client,
+        **fields,
+    )
 
 
 def test_the_benchmark_summary_shows_objectives_in_their_units_and_both_views() -> None:
     from harness.gate.benchmark import summarise
+    from harness.gate.loadrun import CapacityFinding
 
-    def objective(name: str, value: float, unit: str, status: str) -> dict:
-        return {"objective": {"name": name, "unit": unit}, "value": value, "status": status}
+    def endpoint(method, name, p95_ms, requests, failures) -> EndpointFigures:
+        return EndpointFigures(method, name, requests, failures, None, p95_ms, None, 0.0)
 
-    report = {
-        "profile": "sla",
-        "verdict": "no-go",
-        "run_id": "r1",
-        "load_mode": "closed model",
-        "objectives": [
-            objective("p95_overall", 0.0106, "seconds", "pass"),
-            objective("p95_login", 0.2548, "seconds", "fail"),
-            objective("error_ratio", 0.0002, "ratio", "pass"),
-        ],
-        "client": {
-            "aggregated": {"p95_ms": 16.0, "requests": 100, "failures": 0},
-            "endpoints": [
-                {"label": "POST /auth/login", "p95_ms": 260.0, "requests": 10, "failures": 0},
-                {"label": "GET /clinics/me", "p95_ms": 12.0, "requests": 90, "failures": 1},
-            ],
-            "users_peak": 1000,
-            "capacity": {"line": "capacity: 2000 users broke p95 200 ms (250 ms)"},
-        },
-        "endpoint_p95_ms": {"GET /clinics/me": 9.6},
-        "memory_mb": {"idle": 1200.0, "peak": 1900.0},
-    }
-    text = summarise(report, wall_s=600)
+    client = ClientFigures(
+        started_at=0.0,
+        ended_at=600.0,
+        aggregated=EndpointFigures("", "Aggregated", 100, 0, None, 16.0, None, 0.0),
+        endpoints=(
+            endpoint("POST", "/auth/login", 260.0, 10, 0),
+            endpoint("GET", "/clinics/me", 12.0, 90, 1),
+        ),
+        history=(HistoryPoint(0, 1000, 0.0, 0.0, None, None),),
+        capacity=CapacityFinding("capacity: 2000 users broke p95 200 ms (250 ms)", None, None),
+    )
+    result = _summary_result(
+        (
+            evaluate_objective(_objective("p95_overall"), 0.0106),
+            evaluate_objective(_objective("p95_login"), 0.2548),
+            evaluate_objective(_objective("error_ratio", unit="ratio", threshold=0.01), 0.0002),
+        ),
+        client,
+        endpoint_p95_ms={"GET /clinics/me": 9.6},
+        memory_mb={"idle": 1200.0, "peak": 1900.0},
+    )
+    text = summarise(result, wall_s=600)
     assert "sla: NO-GO" in text and "wall 10.0 min" in text
     assert "p95 overall 10.6 ms (pass)" in text and "login 254.8 ms (fail)" in text
     assert "error ratio 0.020 % (pass)" in text and "writes n/a" in text
+    assert "peak users 1000" in text
     assert "GET /clinics/me: 12 / 10 (90 requests, 1 failed)" in text
     assert "POST /auth/login: 260 / n/a" in text
     assert text.index("GET /clinics/me") < text.index("POST /auth/login")  # busiest first
     assert "capacity: 2000 users broke" in text
 
 
-# --- NOT VERIFIABLE in the reports and the acceptance criteria ---------------------------
+def test_a_stored_report_comes_back_as_the_same_gate_result(tmp_path) -> None:
+    result = _unverifiable_result()
+    paths = write_reports(result, tmp_path)
+    stored = GateResult.read(paths["json"])
+    assert stored == result
+    assert stored.objective_values() == {"p95_overall": 0.05, "error_ratio": 0.0}
+    (tmp_path / "cut.json").write_text(paths["json"].read_text()[:200])
+    with pytest.raises(ConfigurationError, match=r"cut\.json: not a gate report\.json"):
+        GateResult.read(tmp_path / "cut.json")
+
 
 UP = TargetUptime("auth", "127.0.0.1:1", 1.0, 1.0, 60)
 DOWN = TargetUptime("users", "127.0.0.1:2", 0.0, 0.9, 60)
@@ -542,14 +578,16 @@ def test_a_failure_beside_an_unverifiable_objective_still_fails_the_criterion():
 def test_the_benchmark_summary_shows_each_figures_samples() -> None:
     from harness.gate.benchmark import summarise
 
-    report = {
-        "profile": "smoke", "verdict": "no-go", "run_id": "r2", "load_mode": "closed model",
-        "objectives": [
-            {"objective": {"name": "p95_login", "unit": "seconds"}, "value": 0.05,
-             "status": "not_verifiable", "samples": 12},
-        ],
-    }  # fmt: skip
-    assert "login 50.0 ms (not verifiable, 12 samples)" in summarise(report, wall_s=60)
+    login = evaluate_objective(
+        _objective(
+            "p95_login", query="histogram_quantile(0.95, sum by (le) (rate(h_bucket[$window])))"
+        ),
+        0.05,
+        evidence=Evidence(12, (UP,)),
+    )
+    assert login.status is Status.NOT_VERIFIABLE
+    result = _summary_result((login,), profile="smoke")
+    assert "login 50.0 ms (not verifiable, 12 samples)" in summarise(result, wall_s=60)
 
 
 # --- evidence from a real Prometheus: the stack's -----------------------------------------
@@ -739,3 +777,32 @@ def test_live_a_percentile_of_nothing_is_nan_and_not_verifiable(probe_prometheus
     assert readings.values["p95_probe"] != readings.values["p95_probe"]  # NaN from Prometheus
     assert quiet.status is Status.NOT_VERIFIABLE and "returned NaN" in quiet.reason, quiet
     assert quiet.samples == 0 and quiet.value is None
+
+
+def test_the_verdict_is_decided_from_the_objectives_the_drill_and_the_suites() -> None:
+    from harness.gate.drill import DrillResult
+    from harness.gate.recovery import DrillStatus
+    from harness.gate.verdict import decide_verdict
+
+    passing = [evaluate_objective(_objective("p95_overall"), 0.01)]
+    failing = [evaluate_objective(_objective("p95_overall"), 0.5)]
+    drill_ok = DrillResult(DrillStatus.PASS, "every fault served again")
+    drill_failed = DrillResult(DrillStatus.FAIL, "users never served again")
+    suites_ok = _suites(("ct/test_a.py", "passed"))
+    suites_failed = _suites(("ct/test_a.py", "failed"))
+
+    go = decide_verdict(passing, suites_ok, drill_ok)
+    assert (go.verdict, go.notes) == (Verdict.GO, ())
+    assert decide_verdict(failing, suites_ok, drill_ok).verdict is Verdict.NO_GO
+    assert decide_verdict(passing, None, drill_ok).verdict is Verdict.GO  # suites not run
+    by_drill = decide_verdict(passing, suites_ok, drill_failed)
+    assert by_drill.verdict is Verdict.NO_GO
+    assert by_drill.notes == ("the resilience drill failed: the verdict is no-go "
+                              "(users never served again)",)  # fmt: skip
+    by_suites = decide_verdict(passing, suites_failed, drill_ok)
+    assert (by_suites.verdict, by_suites.notes) == (
+        Verdict.NO_GO,
+        ("the suites failed: the verdict is no-go",),
+    )
+    skipped = DrillResult.not_verifiable("the drill was skipped (--no-drill)")
+    assert decide_verdict(passing, suites_ok, skipped).verdict is Verdict.GO  # objectives decide

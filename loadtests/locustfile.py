@@ -114,6 +114,13 @@ def _add_options(parser) -> None:
         help="open model: requests started per second regardless of answers (0 = closed model)",
     )
     parser.add_argument(
+        "--capacity-json",
+        env_var="ATENDEAI_CAPACITY_JSON",
+        default="",
+        help="capacity profile: when the run ends, write its finding here as JSON (the step "
+        "that broke, why, and the last step that held)",
+    )
+    parser.add_argument(
         "--lateness-dir",
         env_var="ATENDEAI_LATENESS_DIR",
         default="",
@@ -354,6 +361,16 @@ def _save_evidence(environment, **_kwargs) -> None:
         LATE_STARTS.save(options.lateness_dir)
 
 
+@events.quitting.add_listener
+def _save_capacity_finding(environment, **_kwargs) -> None:
+    """The capacity profile's finding, as data for the gate (the shape runs in
+    the master, or in the only process)."""
+    options = environment.parsed_options
+    finding = getattr(environment.shape_class, "finding", None)
+    if options is not None and options.capacity_json and finding is not None:
+        _write_json(Path(options.capacity_json), finding)
+
+
 class SignedInUser(FastHttpUser):
     """A person with an account: signs in once, refreshes the token as it expires."""
 
@@ -578,6 +595,7 @@ class ProfileShape(LoadTestShape):
         self.step_seen = 0
         self.step_worst_p95 = 0.0
         self.held: list[tuple[int, float]] = []
+        self.finding: dict | None = None  # the capacity profile's answer, once decided
 
     def tick(self) -> tuple[int, float] | None:
         options = self.runner.environment.parsed_options
@@ -623,4 +641,10 @@ class ProfileShape(LoadTestShape):
             if last
             else ""
         )
+        self.finding = {
+            "line": line + held,
+            "users_broke": users if broke else None,
+            "users_held": last[0] if last else None,
+            "p95_held_ms": round(last[1]) if last else None,
+        }
         logging.getLogger("atendeai.capacity").warning(line + held)

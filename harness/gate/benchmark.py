@@ -10,20 +10,22 @@ the stack, and prints the figures the README records:
 
 Each run writes its full report under ``reports/<run-id>/``; the suites and
 the recovery drill are left out (the gate runs them; here they would only
-add minutes). The figures are read back from each run's ``report.json``.
+add minutes). The figures come from each run's ``GateResult``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.argtypes import positive_number
+
+if TYPE_CHECKING:
+    from harness.gate.result import GateResult
 
 PROFILES = ("sla", "capacity")
 
@@ -55,6 +57,7 @@ def add_parser(commands) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from harness.exceptions import HarnessError
     from harness.gate.runner import EXIT_BROKEN, GateConfig, GateRun
 
     print(f"benchmark on {machine_line()}", flush=True)
@@ -71,13 +74,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             )
         )
         started = time.monotonic()
-        code = run.run()
-        wall_s = time.monotonic() - started
-        if code == EXIT_BROKEN:
-            print(f"benchmark: the {profile} run broke (see above)", file=sys.stderr)
+        try:
+            result = run.execute()
+        except HarnessError as error:
+            print(f"benchmark: the {profile} run broke: {error}", file=sys.stderr)
             return EXIT_BROKEN
-        report = json.loads((run.out_dir / "report.json").read_text())
-        summaries.append(summarise(report, wall_s))
+        summaries.append(summarise(result, time.monotonic() - started))
     print("\n" + "\n\n".join(summaries), flush=True)
     return 0
 
@@ -95,79 +97,82 @@ def machine_line() -> str:
     )
 
 
-def summarise(report: dict[str, Any], wall_s: float) -> str:
-    """The figures of one gate report, as the lines the README records."""
-    objectives = {o["objective"]["name"]: o for o in report.get("objectives", [])}
-    client = report.get("client") or {}
-    total = client.get("aggregated") or {}
-    memory = report.get("memory_mb") or {}
+def summarise(result: GateResult, wall_s: float) -> str:
+    """The figures of one gate run, as the lines the README records."""
+    objectives = {r.objective.name: r for r in result.objectives}
+    client = result.client
+    total = client.aggregated if client is not None else None
+    memory = result.memory_mb
 
     def objective(name: str) -> str:
         item = objectives.get(name)
-        if item is None or item.get("value") is None:
+        if item is None or item.value is None:
             return "n/a"
-        value, unit = item["value"], item["objective"]["unit"]
+        value, unit = item.value, item.objective.unit
         shown = {"seconds": f"{value * 1000:.1f} ms", "ratio": f"{value * 100:.3f} %"}.get(
             unit, f"{value:g}"
         )
-        status = item["status"].replace("_", " ")
-        samples = item.get("samples")
+        status = item.status.value.replace("_", " ")
+        samples = item.samples
         return f"{shown} ({status}" + ("" if samples is None else f", {samples:,.0f} samples") + ")"
 
     lines = [
-        f"## {report['profile']}: {report['verdict'].upper()}  (run {report['run_id']}, "
-        f"wall {wall_s / 60:.1f} min, {report['load_mode']})",
+        f"## {result.profile}: {result.verdict.value.upper()}  (run {result.run_id}, "
+        f"wall {wall_s / 60:.1f} min, {result.load_mode})",
         f"- server p95 overall {objective('p95_overall')}; reads {objective('p95_reads')}; "
         f"writes {objective('p95_writes')}; login {objective('p95_login')}",
-        f"- client p95 overall {total.get('p95_ms')} ms over {total.get('requests')} requests, "
-        f"{total.get('failures')} failed; {total.get('requests_per_second', 0):.0f} req/s; "
-        f"peak users {client.get('users_peak')}",
+    ]
+    if client is not None and total is not None:
+        lines.append(
+            f"- client p95 overall {total.p95_ms} ms over {total.requests} requests, "
+            f"{total.failures} failed; {total.requests_per_second:.0f} req/s; "
+            f"peak users {client.users_peak}"
+        )
+    lines += [
         f"- server error ratio {objective('error_ratio')}; availability "
         f"{objective('availability')}",
         f"- stack RSS idle {memory.get('idle')} MB, peak {memory.get('peak')} MB",
-        *cpu_lines(report),
+        *cpu_lines(result),
     ]
-    capacity = client.get("capacity")
-    if capacity:
-        lines.append(f"- {capacity['line']}")
-    server = report.get("endpoint_p95_ms") or {}
+    if client is not None and client.capacity is not None:
+        lines.append(f"- {client.capacity.line}")
+    server = result.endpoint_p95_ms
     lines.append("- p95 per endpoint, client / server (ms):")
+    endpoints = client.endpoints if client is not None else ()
     lines += [
-        f"  - {e['label']}: {_ms(e.get('p95_ms'))} / {_ms(server.get(e['label']))}"
-        f" ({e['requests']:,} requests, {e['failures']:,} failed)"
-        for e in sorted(client.get("endpoints", []), key=lambda e: -e["requests"])
+        f"  - {e.label}: {_ms(e.p95_ms)} / {_ms(server.get(e.label))}"
+        f" ({e.requests:,} requests, {e.failures:,} failed)"
+        for e in sorted(endpoints, key=lambda e: -e.requests)
     ]
     return "\n".join(lines)
 
 
-def cpu_lines(report: dict[str, Any]) -> list[str]:
+def cpu_lines(result: GateResult) -> list[str]:
     """CPU per request of the platform (per component, and without password
-    hashing) and of the load generator, from a report.json."""
+    hashing) and of the load generator."""
     lines = []
-    cpu = report.get("cpu")
-    if cpu:
-        per = cpu["ms_per_request"]
-        parts = ", ".join(f"{g} {_ms2(per.get(g))}" for g in cpu["seconds"])
+    if (cpu := result.cpu) is not None:
+        per = cpu.ms_per_request
+        parts = ", ".join(f"{g} {_ms2(per.get(g))}" for g in cpu.seconds)
         lines.append(
             f"- platform CPU per request {_ms2(per.get('platform'))} ms, without password "
-            f"hashing {_ms2(cpu.get('platform_ms_without_hashing'))} ms ({parts}); "
-            f"{cpu.get('cores_busy')} cores busy"
+            f"hashing {_ms2(cpu.platform_ms_without_hashing)} ms ({parts}); "
+            f"{cpu.cores_busy} cores busy"
         )
-        each = cpu.get("hashing_ms_each") or {}
-        if each:
+        if each := cpu.hashing_ms_each:
             lines.append(
                 "- password hashing CPU: "
                 + ", ".join(
-                    f"{op} {_ms2(ms)} ms x {cpu['hashing'][op][1]:,}" for op, ms in each.items()
+                    f"{op} {_ms2(ms)} ms x {cpu.hashing[op][1]:,}" for op, ms in each.items()
                 )
             )
-    generator = (report.get("client") or {}).get("generator")
-    if generator:
-        share = generator.get("busiest_core_share")
+    generator = result.client.generator if result.client is not None else None
+    if generator is not None:
+        share = generator.busiest_core_share
         lines.append(
-            f"- load generator CPU per request {_ms2(generator.get('ms_per_request'))} ms, "
+            f"- load generator CPU per request {_ms2(generator.ms_per_request)} ms, "
             f"busiest core {'n/a' if share is None else f'{share:.0%}'}"
-            + "".join(f"; UNRELIABLE: {why}" for why in generator.get("unreliable_because", []))
+            + "".join(f"; UNRELIABLE: {why}" for why in generator.unreliable_because)
         )
     return lines
 

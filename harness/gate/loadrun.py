@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +66,11 @@ class LoadRunConfig:
         return self.out_dir / "lateness"
 
     @property
+    def capacity_json(self) -> Path:
+        """Where the locustfile writes the capacity profile's finding."""
+        return self.out_dir / "capacity.json"
+
+    @property
     def stop_file(self) -> Path:
         """Locust ends the run (cleanly, statistics written) once this file exists."""
         return self.out_dir / "stop-requested"
@@ -99,6 +103,8 @@ class LoadRunConfig:
             command += ["--arrival-rate", str(self.arrival_rate)]
             if self.locustfile == LOCUSTFILE:  # a locustfile of one's own may not know it
                 command += ["--lateness-dir", str(self.lateness_dir)]
+        if self.locustfile == LOCUSTFILE:  # the project's own knows where to put its finding
+            command += ["--capacity-json", str(self.capacity_json)]
         if self.processes > 1:
             command += ["--processes", str(self.processes)]
         return command
@@ -132,23 +138,33 @@ class HistoryPoint:
 
 @dataclass(frozen=True)
 class CapacityFinding:
-    """What the capacity profile logged: the last step that held p95, if any."""
+    """The capacity profile's answer: the step that broke (None: every step
+    held), the last step that held p95, if any, and the sentence that says so."""
 
     line: str
     users_held: int | None
     p95_held_ms: float | None
+    users_broke: int | None = None
 
     @classmethod
-    def from_log(cls, text: str) -> CapacityFinding | None:
-        """The last ``capacity: ...`` line Locust logged (see ProfileShape)."""
-        lines = re.findall(r"capacity: (?:\d+ users broke|every step)[^\n]*", text)
-        if not lines:
+    def read(cls, path: Path) -> CapacityFinding | None:
+        """The finding the locustfile wrote as JSON when the run ended (see
+        ``ProfileShape``); None when the profile is not ``capacity``."""
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
             return None
-        line = lines[-1].strip()
-        held = re.search(r"last step that held: (\d+) users at p95 (\d+) ms", line)
-        if held is None:
-            return cls(line, None, None)
-        return cls(line, int(held.group(1)), float(held.group(2)))
+        except (OSError, json.JSONDecodeError) as error:
+            raise LoadRunError(
+                f"the capacity finding {path} is unreadable ({error})", command=()
+            ) from None
+        held = data.get("p95_held_ms")
+        return cls(
+            line=str(data["line"]),
+            users_held=data.get("users_held"),
+            p95_held_ms=None if held is None else float(held),
+            users_broke=data.get("users_broke"),
+        )
 
 
 @dataclass(frozen=True)
@@ -298,6 +314,7 @@ def run_load(
     profile's shape ends the run at its next tick, as if the profile were over."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
     config.stop_file.unlink(missing_ok=True)
+    config.capacity_json.unlink(missing_ok=True)
     shutil.rmtree(config.lateness_dir, ignore_errors=True)
     log_path = config.out_dir / "locust.log"
     prefix = config.out_dir / "locust"
@@ -345,7 +362,7 @@ def run_load(
     figures = read_locust_csv(
         prefix, started_at=started, ended_at=ended, target_users=config.target_users
     )
-    capacity = CapacityFinding.from_log(log_path.read_text(errors="replace"))
+    capacity = CapacityFinding.read(config.capacity_json)
     busy_from = min(
         (float(p.timestamp) for p in figures.history if p.requests_per_second > 0),
         default=started,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.exceptions import ConfigurationError
 from harness.gate.acceptance import CriterionResult
 from harness.gate.buckets import Bucket
 from harness.gate.cpu import CpuUse
@@ -51,6 +55,29 @@ class GateResult:
     # the histogram bucket each percentile objective's value falls in (seconds)
     buckets: dict[str, Bucket] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """The run as JSON-ready data (what report.json holds)."""
+        return plain(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GateResult:
+        """A run back from ``to_json``'s data (a stored report.json)."""
+        return from_plain(cls, data)
+
+    @classmethod
+    def read(cls, path: Path) -> GateResult:
+        """A stored run; ``ConfigurationError`` naming the file when it is not one."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except OSError as error:
+            raise ConfigurationError(f"{path}: cannot read it ({error.strerror})") from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigurationError(f"{path}: not a gate report.json ({error})") from None
+
+    def objective_values(self) -> dict[str, float]:
+        """Each objective's measured value, by name (those that have one)."""
+        return {r.objective.name: r.value for r in self.objectives if r.value is not None}
+
 
 def plain(value: Any) -> Any:
     """JSON-ready data from dataclasses, enums, paths and tuples."""
@@ -76,3 +103,48 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
+
+
+def from_plain(kind: Any, data: Any) -> Any:
+    """The inverse of ``plain``: ``data`` (parsed JSON) as an instance of the type
+    ``kind`` (a dataclass, pydantic model, enum, Path, or tuple/list/dict/union
+    of those). Fields ``plain`` added from properties are left out; a missing
+    field takes its default."""
+    if data is None or kind is Any:
+        return data
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return from_plain(options[0], data)
+        for option in options:  # e.g. float | str: the first that takes the value
+            if isinstance(option, type) and isinstance(data, option):
+                return data
+        return data
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(from_plain(args[0], item) for item in data)
+        return tuple(from_plain(a, item) for a, item in zip(args, data, strict=True))
+    if origin is list:
+        return [from_plain(args[0], item) for item in data]
+    if origin is dict:
+        return {k: from_plain(args[1], v) for k, v in data.items()}
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(
+            **{
+                f.name: from_plain(hints[f.name], data[f.name])
+                for f in dataclasses.fields(kind)
+                if f.init and f.name in data
+            }
+        )
+    if hasattr(kind, "model_validate"):
+        return kind.model_validate(data)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(data)
+    if kind is Path:
+        return Path(data)
+    if kind is float and isinstance(data, int):
+        return float(data)
+    return data
