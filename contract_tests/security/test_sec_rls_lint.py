@@ -13,6 +13,7 @@ of it are found.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import subprocess
@@ -31,6 +32,8 @@ from harness.rls_lint import (
     Conventions,
     LintError,
     LintReport,
+    add_parser,
+    build_parser,
     lint_database,
     main,
     server_version_findings,
@@ -560,6 +563,22 @@ def test_lint_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None
         "--unaudited",
     ):
         assert option in out
+
+
+def test_add_parser_registers_the_same_command(capsys: pytest.CaptureFixture[str]) -> None:
+    # For `atendeai`'s subcommands: the options and help of main(), and a handler.
+    parser = argparse.ArgumentParser(prog="atendeai")
+    add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["lint-rls", "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == build_parser().format_help()
+    dsn = "postgresql://x:secret@127.0.0.1:1/x"
+    args = parser.parse_args(["lint-rls", "--dsn", dsn, "--unaudited", "a,b", "--json"])
+    assert (args.unaudited, args.json) == (("a", "b"), True)
+    assert args.handler(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "secret" not in err
 
 
 # --- a schema the lint has never seen ------------------------------------------------
