@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.exceptions import ConfigurationError
-from harness.gate.acceptance import Criterion, CriterionStatus, assess
+from harness.gate.acceptance import Criterion, assess
 from harness.gate.cpu import (
     CpuUse,
     GeneratorUse,
@@ -47,6 +47,7 @@ from harness.gate.slo import (
     load_slo_file,
     verdict,
 )
+from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
 from harness.processes import LOOPBACK, free_ports, wait_until
 from harness.prometheus_api import PrometheusClient
@@ -71,28 +72,26 @@ CRITERION = Criterion("security", "RLS implementado", "isolation", suites=("ct/t
 
 def test_a_criterion_passes_only_when_its_tests_ran_and_passed():
     ok = assess([CRITERION], _suites(("ct/test_rls.py", "passed")), [])
-    assert ok[0].status is CriterionStatus.PASS
+    assert ok[0].status is CheckStatus.PASS
     bad = assess(
         [CRITERION], _suites(("ct/test_rls.py", "passed"), ("ct/test_rls2.py", "failed")), []
     )
-    assert bad[0].status is CriterionStatus.FAIL
+    assert bad[0].status is CheckStatus.FAIL
     skipped = assess([CRITERION], _suites(("ct/test_rls.py", "skipped")), [])
-    assert skipped[0].status is CriterionStatus.NOT_VERIFIABLE  # a skip is not a pass
+    assert skipped[0].status is CheckStatus.NOT_VERIFIABLE  # a skip is not a pass
     unrelated = assess([CRITERION], _suites(("ct/test_other.py", "passed")), [])
-    assert unrelated[0].status is CriterionStatus.NOT_VERIFIABLE
+    assert unrelated[0].status is CheckStatus.NOT_VERIFIABLE
 
 
 def test_objective_criteria_follow_the_objective_and_unverifiable_ones_say_why():
     p95 = Criterion("performance", "p95", "p95", objectives=("p95",))
     good = evaluate_objective(_objective("p95"), 0.05)
     bad = evaluate_objective(_objective("p95"), 0.5)
-    assert assess([p95], None, [good])[0].status is CriterionStatus.PASS
-    assert assess([p95], None, [bad])[0].status is CriterionStatus.FAIL
+    assert assess([p95], None, [good])[0].status is CheckStatus.PASS
+    assert assess([p95], None, [bad])[0].status is CheckStatus.FAIL
     kong = Criterion("functionality", "Kong", "routes", not_verifiable="no Docker here")
     result = assess([kong], _suites(), [])[0]
-    assert (
-        result.status is CriterionStatus.NOT_VERIFIABLE and result.evidence[0] == "no Docker here"
-    )
+    assert result.status is CheckStatus.NOT_VERIFIABLE and result.evidence[0] == "no Docker here"
 
 
 def _client(p95_ms: float, login_p95_ms: float | None = None, failures: int = 0) -> ClientFigures:
@@ -563,7 +562,7 @@ def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_pat
     failure = junit.find("testcase[@name='p95_overall']/failure")
     assert failure is not None and failure.get("message", "").startswith("not verifiable: 3")
     criterion = result.acceptance[0]
-    assert criterion.status is CriterionStatus.NOT_VERIFIABLE, criterion
+    assert criterion.status is CheckStatus.NOT_VERIFIABLE, criterion
     assert "3 samples in the window" in criterion.evidence[0]
 
 
@@ -571,8 +570,8 @@ def test_a_failure_beside_an_unverifiable_objective_still_fails_the_criterion():
     both = Criterion("performance", "p95", "p95", objectives=("a", "b"))
     failed = evaluate_objective(_objective("a"), 0.5)
     unverified = evaluate_objective(_objective("b"), None)
-    assert assess([both], None, [failed, unverified])[0].status is CriterionStatus.FAIL
-    assert assess([both], None, [unverified])[0].status is CriterionStatus.NOT_VERIFIABLE
+    assert assess([both], None, [failed, unverified])[0].status is CheckStatus.FAIL
+    assert assess([both], None, [unverified])[0].status is CheckStatus.NOT_VERIFIABLE
 
 
 def test_the_benchmark_summary_shows_each_figures_samples() -> None:
@@ -781,13 +780,12 @@ def test_live_a_percentile_of_nothing_is_nan_and_not_verifiable(probe_prometheus
 
 def test_the_verdict_is_decided_from_the_objectives_the_drill_and_the_suites() -> None:
     from harness.gate.drill import DrillResult
-    from harness.gate.recovery import DrillStatus
     from harness.gate.verdict import decide_verdict
 
     passing = [evaluate_objective(_objective("p95_overall"), 0.01)]
     failing = [evaluate_objective(_objective("p95_overall"), 0.5)]
-    drill_ok = DrillResult(DrillStatus.PASS, "every fault served again")
-    drill_failed = DrillResult(DrillStatus.FAIL, "users never served again")
+    drill_ok = DrillResult(CheckStatus.PASS, "every fault served again")
+    drill_failed = DrillResult(CheckStatus.FAIL, "users never served again")
     suites_ok = _suites(("ct/test_a.py", "passed"))
     suites_failed = _suites(("ct/test_a.py", "failed"))
 

@@ -117,30 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=cmd_images_build)
 
+    from harness import rls_lint
     from harness.gate import benchmark
     from harness.gate import command as gate_command
 
     gate_command.add_parser(commands)
     benchmark.add_parser(commands)
-    # listed here for --help; main() hands its arguments to harness.rls_lint
-    commands.add_parser(
-        "lint-rls",
-        help="check a live database's row level security setup (--dsn DSN; options: "
-        "lint-rls --help); exit 1 on findings",
-        add_help=False,
-    )
+    rls_lint.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["lint-rls"]:
-        from harness.rls_lint import main as lint_rls
-
-        try:
-            return lint_rls(argv[1:])
-        except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
-            return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -149,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: choose a command (up, images, gate, lint-rls)", file=sys.stderr)
+        print(f"{PROG}: error: choose a command (up, images, gate, benchmark, lint-rls)", file=sys.stderr)
         return EXIT_USAGE
     return handler(args)
 

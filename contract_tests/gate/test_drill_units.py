@@ -12,7 +12,7 @@ from harness.exceptions import ConfigurationError
 from harness.gate.drill import DrillPlan, FaultRecord, analyse, count, read_request_counts
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
 from harness.gate.ledger import Write, _judge_updates, _Row, read_ledger
-from harness.gate.recovery import DrillStatus
+from harness.gate.status import CheckStatus
 
 CLINIC = "c1"
 
@@ -85,11 +85,11 @@ def test_reads_needing_the_failed_component_are_left_out_only_in_its_window(tmp_
     )
     postgres = FaultRecord(
         Fault(FaultKind.FREEZE, "postgres", hold_s=5, reads_depend=True),
-        DrillStatus.PASS, "ok", injected_at=108.0, ended_at=113.0, served_again_s=0.5,
+        CheckStatus.PASS, "ok", injected_at=108.0, ended_at=113.0, served_again_s=0.5,
         in_rotation_s=1.0, window_end=114.0,
     )  # fmt: skip
     redis = FaultRecord(
-        Fault(FaultKind.KILL, "redis"), DrillStatus.PASS, "ok", injected_at=129.5,
+        Fault(FaultKind.KILL, "redis"), CheckStatus.PASS, "ok", injected_at=129.5,
         ended_at=129.5, served_again_s=0.2, in_rotation_s=0.5, window_end=130.5,
     )  # fmt: skip
     result = analyse(
@@ -105,21 +105,21 @@ def test_reads_needing_the_failed_component_are_left_out_only_in_its_window(tmp_
     assert result.faults[0].client.failures == 45  # the window: reads and the write
     assert result.faults[0].server is None and "no Prometheus" in result.faults[0].server_note
     # without a superuser connection the ledger cannot be checked: never a pass
-    assert result.ledger is None and result.status is DrillStatus.NOT_VERIFIABLE
+    assert result.ledger is None and result.status is CheckStatus.NOT_VERIFIABLE
 
 
 def test_a_frozen_postgres_that_made_requests_hang_fails_the_fault(tmp_path):
     _evidence(tmp_path, [[110, "GET", "/auth/me", 20, 6, {"503": 2, "504": 4}]])
     frozen = FaultRecord(
         Fault(FaultKind.FREEZE, "postgres", hold_s=5, reads_depend=True, clean_failures=True),
-        DrillStatus.PASS, "ok", injected_at=108.0, ended_at=113.0, served_again_s=0.5,
+        CheckStatus.PASS, "ok", injected_at=108.0, ended_at=113.0, served_again_s=0.5,
         in_rotation_s=1.0, window_end=114.0,
     )  # fmt: skip
     result = analyse(
         [frozen], evidence_dir=tmp_path, reader=None, superuser_dsn=None, phase=(100, 120), users=5
     )
-    assert result.faults[0].status is DrillStatus.FAIL
-    assert "504 x4" in result.faults[0].reason and result.status is DrillStatus.FAIL
+    assert result.faults[0].status is CheckStatus.FAIL
+    assert "504 x4" in result.faults[0].reason and result.status is CheckStatus.FAIL
 
 
 def test_the_plan_names_every_component_and_the_load_outlasts_it():

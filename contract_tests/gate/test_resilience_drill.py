@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.gate.acceptance import CRITERIA, CriterionStatus, assess
+from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
 from harness.gate.loadrun import LoadRunConfig
-from harness.gate.recovery import DrillStatus
 from harness.gate.report import render_html, render_junit, render_markdown
 from harness.gate.result import GateResult
 from harness.gate.slo import Verdict
+from harness.gate.status import CheckStatus
 from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers import RunningStack, StackRequest, open_stack
 from harness.stack import Credentials, PostgresEndpoints, Stack
@@ -77,10 +77,10 @@ def drill(
 def test_the_short_drill_under_load_passes_and_counts_every_window(tmp_path):
     with drill_stack() as running:
         result = drill(running, plan := fault_plan(short=True, hold_s=HOLD_S), tmp_path)
-    assert result.status is DrillStatus.PASS, result.reason
+    assert result.status is CheckStatus.PASS, result.reason
     assert [f.name for f in result.faults] == [f.name for f in plan]
     for fault in result.faults:
-        assert fault.status is DrillStatus.PASS, fault.describe()
+        assert fault.status is CheckStatus.PASS, fault.describe()
         assert fault.served_again_s is not None and fault.served_again_s < 10, fault.describe()
         assert fault.in_rotation_s is not None
         assert fault.window is not None and fault.window[1] > fault.window[0]
@@ -97,7 +97,7 @@ def test_the_short_drill_under_load_passes_and_counts_every_window(tmp_path):
     assert result.figure("worst_served_again_s") < 10
 
     [criterion] = assess([RECOVERY], None, [], result)
-    assert criterion.status is CriterionStatus.PASS, criterion.evidence
+    assert criterion.status is CheckStatus.PASS, criterion.evidence
 
 
 def test_a_platform_that_acknowledges_writes_it_loses_turns_the_drill_red(tmp_path):
@@ -106,7 +106,7 @@ def test_a_platform_that_acknowledges_writes_it_loses_turns_the_drill_red(tmp_pa
     ledger = result.ledger
     assert ledger is not None, result.ledger_note
     assert ledger.lost > 0, ledger.summary()
-    assert result.status is DrillStatus.FAIL
+    assert result.status is CheckStatus.FAIL
     assert "acknowledged writes lost" in result.reason
     assert any(example.startswith("lost: POST /users") for example in ledger.examples)
 
@@ -118,10 +118,10 @@ def test_a_platform_that_never_recovers_from_a_frozen_postgres_turns_the_drill_r
     with drill_stack("GET /ready stuck_after_db_error") as running:
         result = drill(running, (frozen,), tmp_path, step_timeout_s=15.0)
     [fault] = result.faults
-    assert fault.status is DrillStatus.FAIL, fault.describe()
+    assert fault.status is CheckStatus.FAIL, fault.describe()
     assert fault.served_again_s is None
     assert "not served again" in fault.reason
-    assert result.status is DrillStatus.FAIL
+    assert result.status is CheckStatus.FAIL
     assert result.figure("worst_served_again_s") == 15.0  # at least the whole timeout
     assert any("canary failures" in line for line in fault.evidence)
 
@@ -140,17 +140,17 @@ def test_an_external_stack_cannot_be_drilled_and_says_why(tmp_path):
     load = LoadRunConfig("resilience", "http://gateway.example", tmp_path / "s.json", tmp_path)
     result, client = run_drill_under_load(stack, None, plan, load=load, reader=None, progress=_say)
     assert client is None
-    assert result.status is DrillStatus.NOT_VERIFIABLE and not result.faults
+    assert result.status is CheckStatus.NOT_VERIFIABLE and not result.faults
     assert "external provider" in result.reason
     [criterion] = assess([RECOVERY], None, [], result)
-    assert criterion.status is CriterionStatus.NOT_VERIFIABLE
+    assert criterion.status is CheckStatus.NOT_VERIFIABLE
 
 
 def test_the_reports_show_each_fault_and_the_ledger(tmp_path):
     from harness.gate.drill import Counts, FaultResult
     from harness.gate.ledger import LedgerResult
 
-    def fault(name: str, status: DrillStatus, served: float | None) -> FaultResult:
+    def fault(name: str, status: CheckStatus, served: float | None) -> FaultResult:
         return FaultResult(
             name=name, component=name.split()[-1], kind="kill -9", expectation="serves again",
             status=status, reason="why", window=(1.0, 5.0), served_again_s=served,
@@ -161,12 +161,12 @@ def test_the_reports_show_each_fault_and_the_ledger(tmp_path):
 
     ledger = LedgerResult(10, 8, 1, 1, 2, 0, 1, 0, 0, 1, ("lost: POST /users a@x",))
     drill_result = DrillResult(
-        DrillStatus.FAIL,
+        CheckStatus.FAIL,
         "2 acknowledged writes lost",
         faults=(
-            fault("kill -9 auth-1", DrillStatus.PASS, 0.4),
-            fault("kill -9 postgres", DrillStatus.FAIL, None),
-            fault("auth-1 cut off", DrillStatus.NOT_VERIFIABLE, None),
+            fault("kill -9 auth-1", CheckStatus.PASS, 0.4),
+            fault("kill -9 postgres", CheckStatus.FAIL, None),
+            fault("auth-1 cut off", CheckStatus.NOT_VERIFIABLE, None),
         ),
         ledger=ledger,
         run=Counts(1000, 3),

@@ -12,18 +12,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from harness.gate.drill import DrillResult
-from harness.gate.recovery import DrillStatus
 from harness.gate.slo import ObjectiveResult, Status
+from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteResults
-
-
-class CriterionStatus(StrEnum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-    NOT_VERIFIABLE = "NOT VERIFIABLE HERE"
 
 
 @dataclass(frozen=True)
@@ -42,7 +35,7 @@ class Criterion:
 @dataclass(frozen=True)
 class CriterionResult:
     criterion: Criterion
-    status: CriterionStatus
+    status: CheckStatus
     evidence: tuple[str, ...] = field(default=())
 
 
@@ -197,11 +190,11 @@ def assess(
         if criterion.recovery_drill:
             if recovery is None:
                 unverifiable = "the recovery drill did not run"
-            elif recovery.status is DrillStatus.NOT_VERIFIABLE:
+            elif recovery.status is CheckStatus.NOT_VERIFIABLE:
                 unverifiable = recovery.reason
             else:
                 decided = True
-                failed |= recovery.status is DrillStatus.FAIL
+                failed |= recovery.status is CheckStatus.FAIL
                 evidence.append(recovery.reason)
                 evidence.extend(fault.describe() for fault in recovery.faults)
         unverified = False  # an objective without enough evidence for a verdict
@@ -231,16 +224,16 @@ def assess(
                 evidence.append(f"{len(ran) - len(bad)}/{len(ran)} tests passed")
                 evidence.extend(f"failed: {o.file}::{o.name}" for o in bad[:5])
         if unverifiable:
-            status = CriterionStatus.NOT_VERIFIABLE
+            status = CheckStatus.NOT_VERIFIABLE
             evidence.insert(0, unverifiable)
         elif failed:
-            status = CriterionStatus.FAIL
+            status = CheckStatus.FAIL
         elif unverified:
-            status = CriterionStatus.NOT_VERIFIABLE
+            status = CheckStatus.NOT_VERIFIABLE
         elif not decided:
-            status = CriterionStatus.NOT_VERIFIABLE
+            status = CheckStatus.NOT_VERIFIABLE
             evidence.append("no test or objective ran for it")
         else:
-            status = CriterionStatus.PASS
+            status = CheckStatus.PASS
         results.append(CriterionResult(criterion, status, tuple(evidence)))
     return results

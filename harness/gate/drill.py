@@ -33,23 +33,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.exceptions import ConfigurationError, FaultNotSupported, HarnessError, PrometheusError
+from harness.exceptions import (
+    ConfigurationError,
+    FaultNotSupported,
+    HarnessError,
+    PrometheusError,
+    WaitTimeout,
+)
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
 from harness.gate.ledger import LedgerResult, check_ledger, read_ledger
 from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
-from harness.gate.recovery import (
-    CONSISTENT_READS,
-    Canary,
-    DrillStatus,
-    haproxy_servers,
-)
+from harness.gate.recovery import CONSISTENT_READS, Canary, haproxy_servers
+from harness.gate.status import CheckStatus
+from harness.processes import wait_until
+from harness.progress import Progress
 
 if TYPE_CHECKING:
     from harness.prometheus_api import PrometheusClient
     from harness.providers import Supervisor
     from harness.stack import Stack
 
-Progress = Callable[[str], None]
 
 PROBE_ROUTES = ("/health", "/status", "/ready", "/metrics")
 #: Answers that are the platform failing cleanly (its JSON error shape, fast).
@@ -134,7 +137,7 @@ class FaultRecord:
     """One fault as the drill thread saw it (epoch times)."""
 
     fault: Fault
-    status: DrillStatus
+    status: CheckStatus
     reason: str
     injected_at: float | None = None
     ended_at: float | None = None  # the fault undone (for a kill: the kill itself)
@@ -153,7 +156,7 @@ class FaultResult:
     component: str
     kind: str
     expectation: str
-    status: DrillStatus
+    status: CheckStatus
     reason: str
     window: tuple[float, float] | None
     served_again_s: float | None
@@ -165,7 +168,7 @@ class FaultResult:
     evidence: tuple[str, ...]
 
     def describe(self) -> str:
-        if self.status is DrillStatus.NOT_VERIFIABLE:
+        if self.status is CheckStatus.NOT_VERIFIABLE:
             return f"{self.name}: NOT VERIFIABLE ({self.reason})"
         served = "never" if self.served_again_s is None else f"{self.served_again_s:.1f} s"
         rotation = "never" if self.in_rotation_s is None else f"{self.in_rotation_s:.1f} s"
@@ -177,7 +180,7 @@ class FaultResult:
 
 @dataclass(frozen=True)
 class DrillResult:
-    status: DrillStatus
+    status: CheckStatus
     reason: str
     threshold_s: float = 120.0
     faults: tuple[FaultResult, ...] = ()
@@ -196,11 +199,11 @@ class DrillResult:
 
     @classmethod
     def not_verifiable(cls, reason: str) -> DrillResult:
-        return cls(DrillStatus.NOT_VERIFIABLE, reason)
+        return cls(CheckStatus.NOT_VERIFIABLE, reason)
 
     def figure(self, name: str) -> float | None:
         """A named figure for SLO objectives of ``source: drill``."""
-        injected = [f for f in self.faults if f.status is not DrillStatus.NOT_VERIFIABLE]
+        injected = [f for f in self.faults if f.status is not CheckStatus.NOT_VERIFIABLE]
         if name == "unaffected_read_availability":
             return self.unaffected_reads.availability
         if name == "run_availability":
@@ -223,7 +226,7 @@ class DrillResult:
         if name == "run_availability":
             return self.run.requests
         if name == "worst_served_again_s":
-            return sum(f.status is not DrillStatus.NOT_VERIFIABLE for f in self.faults)
+            return sum(f.status is not CheckStatus.NOT_VERIFIABLE for f in self.faults)
         if name == "lost_writes":
             return None if self.ledger is None else self.ledger.acknowledged
         return None
@@ -253,7 +256,7 @@ class _Step:
     def since_began(self) -> float:
         return time.monotonic() - self.began
 
-    def record(self, status: DrillStatus, reason: str) -> FaultRecord:
+    def record(self, status: CheckStatus, reason: str) -> FaultRecord:
         now_epoch, now = time.time(), time.monotonic()
         ended_at = now_epoch - (now - (self.ended or now))
         settled = max(x for x in (self.served, self.rotation, 0.0) if x is not None)
@@ -306,7 +309,7 @@ class _FaultRunner:
         if fault.component not in self.supervisor.components:
             return FaultRecord(
                 fault,
-                DrillStatus.NOT_VERIFIABLE,
+                CheckStatus.NOT_VERIFIABLE,
                 f"the {self.stack.provider} provider cannot break {fault.component}",
             )
         time.sleep(self.plan.quiet_s)
@@ -315,7 +318,7 @@ class _FaultRunner:
         if not (self.canary.signs_in(deadline) and self._reads(deadline)):
             return FaultRecord(
                 fault,
-                DrillStatus.FAIL,
+                CheckStatus.FAIL,
                 f"not healthy before the fault, so it was not injected: {self.canary.failures}",
             )
         self.canary.forget_failures()
@@ -323,7 +326,7 @@ class _FaultRunner:
         try:
             return self._inject(fault)
         except FaultNotSupported as error:
-            return FaultRecord(fault, DrillStatus.NOT_VERIFIABLE, str(error))
+            return FaultRecord(fault, CheckStatus.NOT_VERIFIABLE, str(error))
         finally:
             self._undo(fault)
 
@@ -339,7 +342,7 @@ class _FaultRunner:
         error = breakers[fault.kind](step)
         if error:
             step.evidence.append(self.supervisor.evidence(fault.component))
-            return step.record(DrillStatus.FAIL, error)
+            return step.record(CheckStatus.FAIL, error)
         if step.served is None:
             step.served, failures = self.canary.reads_consistently(
                 since=step.ended, deadline=step.deadline
@@ -478,10 +481,13 @@ def _all_up(stats_url: str, *, but: str = "") -> bool:
 
 def _wait_for(stats_url: str, accept: Callable[[], bool], deadline: float) -> str | None:
     """Poll until ``accept()``: ``None``, or at the deadline HAProxy's last view."""
-    while time.monotonic() < deadline:
-        if accept():
-            return None
-        time.sleep(0.1)
+    try:
+        wait_until(
+            accept, timeout=deadline - time.monotonic(), interval=0.1, what="HAProxy's servers"
+        )
+        return None
+    except WaitTimeout:
+        pass
     try:
         rows = haproxy_servers(stats_url)
         return ", ".join(f"{n} {r['status']}" for n, r in sorted(rows.items()))
@@ -493,24 +499,24 @@ def _server_of(component: str) -> str:
     return f"{component.rsplit('-', 1)[0]}/{component}"
 
 
-def _judge_step(fault: Fault, step: _Step, timeout_s: float) -> tuple[DrillStatus, str]:
+def _judge_step(fault: Fault, step: _Step, timeout_s: float) -> tuple[CheckStatus, str]:
     served, rotation, taken_out = step.served, step.rotation, step.taken_out
     if served is None:
-        return DrillStatus.FAIL, f"not served again within {timeout_s:.0f} s of the fault's end"
+        return CheckStatus.FAIL, f"not served again within {timeout_s:.0f} s of the fault's end"
     if rotation is None:
         return (
-            DrillStatus.FAIL,
+            CheckStatus.FAIL,
             f"served again, but not every server back in rotation in {timeout_s:.0f} s",
         )
     if fault.kind is FaultKind.ISOLATE and taken_out is None:
-        return DrillStatus.FAIL, "HAProxy did not take exactly the cut-off instance out"
+        return CheckStatus.FAIL, "HAProxy did not take exactly the cut-off instance out"
     if fault.kind is FaultKind.ISOLATE and taken_out is not None and taken_out > TAKEN_OUT_WITHIN_S:
-        return DrillStatus.FAIL, (
+        return CheckStatus.FAIL, (
             f"HAProxy took the cut-off instance out after {taken_out:.1f} s "
             f"(stated: within {TAKEN_OUT_WITHIN_S:g} s)"
         )
     return (
-        DrillStatus.PASS,
+        CheckStatus.PASS,
         f"served again after {served:.1f} s, back in rotation after {rotation:.1f} s",
     )
 
@@ -621,8 +627,8 @@ def analyse(
             else:
                 note = "NOT VERIFIABLE: no Prometheus"
             unclean = {k: n for k, n in client.kinds.items() if k not in CLEAN_FAILURES}
-            if record.fault.clean_failures and unclean and status is DrillStatus.PASS:
-                status = DrillStatus.FAIL
+            if record.fault.clean_failures and unclean and status is CheckStatus.PASS:
+                status = CheckStatus.FAIL
                 reason = (
                     "requests did not fail cleanly (only the platform's 503/429 may): "
                     + ", ".join(f"{k} x{n}" for k, n in sorted(unclean.items()))
@@ -663,7 +669,7 @@ def analyse(
     )
     ledger, ledger_note = _ledger(evidence_dir, superuser_dsn)
     result = DrillResult(
-        DrillStatus.PASS,
+        CheckStatus.PASS,
         "",
         threshold_s,
         tuple(faults),
@@ -695,19 +701,19 @@ def _ledger(evidence_dir: Path, superuser_dsn: str | None) -> tuple[LedgerResult
         return None, f"the ledger could not be checked against the database: {error}"
 
 
-def _judge(result: DrillResult) -> tuple[DrillStatus, str]:
-    failed = [f for f in result.faults if f.status is DrillStatus.FAIL]
-    injected = [f for f in result.faults if f.status is not DrillStatus.NOT_VERIFIABLE]
+def _judge(result: DrillResult) -> tuple[CheckStatus, str]:
+    failed = [f for f in result.faults if f.status is CheckStatus.FAIL]
+    injected = [f for f in result.faults if f.status is not CheckStatus.NOT_VERIFIABLE]
     problems = [f"{f.name}: {f.reason}" for f in failed]
     if result.ledger is not None and result.ledger.lost:
         problems.append(f"{result.ledger.lost} acknowledged writes lost")
     if problems:
-        return DrillStatus.FAIL, "; ".join(problems)
+        return CheckStatus.FAIL, "; ".join(problems)
     if not injected:
-        return DrillStatus.NOT_VERIFIABLE, "no fault could be injected"
+        return CheckStatus.NOT_VERIFIABLE, "no fault could be injected"
     if result.ledger is None:
-        return DrillStatus.NOT_VERIFIABLE, f"the ledger of writes: {result.ledger_note}"
-    skipped = [f.name for f in result.faults if f.status is DrillStatus.NOT_VERIFIABLE]
+        return CheckStatus.NOT_VERIFIABLE, f"the ledger of writes: {result.ledger_note}"
+    skipped = [f.name for f in result.faults if f.status is CheckStatus.NOT_VERIFIABLE]
     worst = max(injected, key=lambda f: f.served_again_s or 0.0)
     text = (
         f"{len(injected)} faults under {result.users} users, every one served again "
@@ -715,7 +721,7 @@ def _judge(result: DrillResult) -> tuple[DrillStatus, str]:
     )
     if skipped:
         text += f"; not verifiable here: {', '.join(skipped)}"
-    return DrillStatus.PASS, text
+    return CheckStatus.PASS, text
 
 
 # --- the whole drill, with its load ------------------------------------------------------

@@ -24,15 +24,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.exceptions import LoadRunError
 from harness.gate.cpu import GeneratorUse, LateStarts, TreeSampler
+from harness.progress import Progress
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from enum import StrEnum
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harness.tenants import login_body
@@ -32,14 +31,6 @@ REQUEST_TIMEOUT_S = 5.0
 #: How long the canary may take to read consistently before any fault.
 BASELINE_TIMEOUT_S = 15.0
 CANARY_ACCOUNTS = 4
-
-Progress = Callable[[str], None]
-
-
-class DrillStatus(StrEnum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-    NOT_VERIFIABLE = "NOT VERIFIABLE HERE"
 
 
 # --- the canary ------------------------------------------------------------------
@@ -164,4 +155,4 @@ def haproxy_servers(stats_url: str) -> dict[str, dict[str, str]]:
         raise ValueError(f"HAProxy's stats page at {stats_url}: {error}") from None
 
 
-__all__ = ["CONSISTENT_READS", "RECOVERY_THRESHOLD_S", "Canary", "DrillStatus", "haproxy_servers"]
+__all__ = ["CONSISTENT_READS", "RECOVERY_THRESHOLD_S", "Canary", "haproxy_servers"]

@@ -20,15 +20,15 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.gate.acceptance import CriterionResult, CriterionStatus
+from harness.gate.acceptance import CriterionResult
 from harness.gate.buckets import Bucket, bucket_text
 from harness.gate.cpu import LATE_MS, VERY_LATE_MS, CpuUse, GeneratorUse
 from harness.gate.crosscheck import CrossCheck
 from harness.gate.drill import DrillResult, FaultResult
 from harness.gate.loadrun import ClientFigures, EndpointFigures
-from harness.gate.recovery import DrillStatus
 from harness.gate.result import GateResult, Series, plain
 from harness.gate.slo import ObjectiveResult, Status, TargetUptime, Verdict, format_count
+from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteResults
 
 STATUS_COLOURS = {
@@ -171,7 +171,7 @@ def _headline(result: GateResult) -> str:
         text += ("; " if failed else ": ") + f"{', '.join(unverified)} not verifiable"
     if warnings:
         text += f" ({warnings} warning{'s' if warnings > 1 else ''})"
-    if result.recovery is not None and result.recovery.status is DrillStatus.FAIL:
+    if result.recovery is not None and result.recovery.status is CheckStatus.FAIL:
         text += "; the resilience drill failed"
     return text
 
@@ -402,10 +402,10 @@ def render_junit(result: GateResult) -> str:
             name=c.criterion.spec_text,
         )
         evidence = "\n".join(c.evidence)
-        if c.status is CriterionStatus.FAIL:
+        if c.status is CheckStatus.FAIL:
             failed += 1
             ET.SubElement(case, "failure", message="criterion not met").text = evidence
-        elif c.status is CriterionStatus.NOT_VERIFIABLE:
+        elif c.status is CheckStatus.NOT_VERIFIABLE:
             skipped += 1
             ET.SubElement(case, "skipped", message="not verifiable here").text = evidence
     acceptance.set("failures", str(failed))
@@ -424,7 +424,7 @@ def _junit_recovery(root: ET.Element, drill: DrillResult) -> None:
     failures = skipped = 0
     if not drill.faults:
         case = ET.SubElement(suite, "testcase", classname="resilience", name="resilience drill")
-        if drill.status is DrillStatus.FAIL:
+        if drill.status is CheckStatus.FAIL:
             ET.SubElement(case, "failure", message=drill.reason)
             failures += 1
         else:
@@ -436,10 +436,10 @@ def _junit_recovery(root: ET.Element, drill: DrillResult) -> None:
         case = ET.SubElement(suite, "testcase", classname="resilience", name=fault.name)
         if fault.served_again_s is not None:
             case.set("time", f"{fault.served_again_s:.3f}")
-        if fault.status is DrillStatus.NOT_VERIFIABLE:
+        if fault.status is CheckStatus.NOT_VERIFIABLE:
             skipped += 1
             ET.SubElement(case, "skipped", message="not verifiable here").text = fault.reason
-        elif fault.status is DrillStatus.FAIL:
+        elif fault.status is CheckStatus.FAIL:
             failures += 1
             ET.SubElement(case, "failure", message=fault.reason).text = "\n".join(fault.evidence)
     if drill.faults:

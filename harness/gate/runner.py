@@ -22,7 +22,6 @@ from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.crosscheck import cross_check
 from harness.gate.drill import DrillPlan
 from harness.gate.loadrun import LoadRunConfig
-from harness.gate.recovery import DrillStatus
 from harness.gate.report import (
     format_samples,
     format_value,
@@ -41,6 +40,7 @@ from harness.gate.stages import (
     suites_stage,
     window_figures,
 )
+from harness.gate.status import CheckStatus
 from harness.gate.verdict import decide_verdict
 from harness.progress import Progress, printer
 from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
@@ -230,7 +230,7 @@ class GateRun:
                 progress=progress,
             )
             timings["drill under load"] = time.monotonic() - started
-            if drill.status is not DrillStatus.NOT_VERIFIABLE or drill.faults:
+            if drill.status is not CheckStatus.NOT_VERIFIABLE or drill.faults:
                 # Prometheus may have been killed and restarted: the SLO window's
                 # samples are in its TSDB; wait until every target is scraped again
                 wait_for_stack_targets(stack, timeout_s=60)

@@ -47,7 +47,6 @@ import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -55,6 +54,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.exceptions import SloFileError
+from harness.gate.status import Status, Verdict
 
 DEFAULT_SLO_FILE = Path(__file__).with_name("slos") / "default.yaml"
 
@@ -330,16 +330,6 @@ def load_slo_file(path: Path | str = DEFAULT_SLO_FILE) -> SloFile:
 # --- evaluation (pure) --------------------------------------------------------
 
 
-class Status(StrEnum):
-    PASS = "pass"
-    WARN = "warn"
-    FAIL = "fail"
-    # not enough evidence for a verdict either way: blocks a go like a failure
-    NOT_VERIFIABLE = "not_verifiable"
-    # the former name of NOT_VERIFIABLE (no data is one way of not being verifiable)
-    NO_DATA = "not_verifiable"
-
-
 #: Statuses that make the verdict no-go.
 BLOCKING = frozenset({Status.FAIL, Status.NOT_VERIFIABLE})
 
@@ -534,11 +524,6 @@ def evaluate(
         for o in slo.objectives
         if o.applies_to(profile)
     ]
-
-
-class Verdict(StrEnum):
-    GO = "go"
-    NO_GO = "no-go"
 
 
 def verdict(results: Iterable[ObjectiveResult]) -> Verdict:

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from harness.gate.drill import DrillResult
-from harness.gate.recovery import DrillStatus
 from harness.gate.slo import ObjectiveResult, Verdict, verdict
+from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteResults
 
 
@@ -23,7 +23,7 @@ def decide_verdict(
     """No-go when an objective failed or was not verifiable, when the
     resilience drill failed, or when the suites ran and did not pass."""
     notes: list[str] = []
-    if drill.status is DrillStatus.FAIL:
+    if drill.status is CheckStatus.FAIL:
         notes.append(f"the resilience drill failed: the verdict is no-go ({drill.reason})")
     suites_failed = suites is not None and not suites.ok
     if suites_failed:
