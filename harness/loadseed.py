@@ -16,6 +16,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.private_files import write_private
+
 LOAD_PASSWORD_BYTES = 18
 ROLE_MIX = ("manager", "staff", "staff", "staff", "staff")  # one manager per four staff
 
@@ -37,6 +39,8 @@ def seed_load_accounts(
     import bcrypt
     import psycopg
 
+    from harness.tenant_rows import create_clinic
+
     if accounts < 1 or users_per_clinic < 1:
         raise ValueError("accounts and users_per_clinic must be at least 1")
     password = secrets.token_urlsafe(LOAD_PASSWORD_BYTES)
@@ -50,47 +54,36 @@ def seed_load_accounts(
             clinic_number += 1
             slug = f"load-{run}-{clinic_number}"
             size = min(users_per_clinic, accounts - len(made))
-            with conn.transaction():
-                conn.execute("SELECT atendeai.set_request_context(%s)", [clinic_id])
-                conn.execute(
-                    "INSERT INTO atendeai.clinics (id, slug, name, specialty, address_city)"
-                    " VALUES (%s, %s, %s, 'general practice', 'São Paulo')",
-                    [clinic_id, slug, f"Load clinic {run}-{clinic_number}"],
-                )
-                rows = [
-                    (
-                        clinic_id,
-                        f"Load user {run}-{clinic_number}-{i}",
-                        f"user-{i}@load.example",
-                        password_hash,
-                        ROLE_MIX[i % len(ROLE_MIX)],
-                    )
+            inserted = create_clinic(
+                conn,
+                {
+                    "id": clinic_id,
+                    "slug": slug,
+                    "name": f"Load clinic {run}-{clinic_number}",
+                    "specialty": "general practice",
+                    "address_city": "São Paulo",
+                },
+                [
+                    {
+                        "name": f"Load user {run}-{clinic_number}-{i}",
+                        "email": f"user-{i}@load.example",
+                        "password_hash": password_hash,
+                        "role": ROLE_MIX[i % len(ROLE_MIX)],
+                    }
                     for i in range(size)
-                ]
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO atendeai.users (clinic_id, name, email, password_hash, role)"
-                        " VALUES (%s, %s, %s, %s, %s) RETURNING id, email, role",
-                        rows,
-                        returning=True,
-                    )
-                    while True:
-                        user_id, email, role = cursor.fetchone()
-                        account = LoadAccount(
-                            str(clinic_id), slug, str(user_id), email, password, role
-                        )
-                        made.append(account)
-                        if not cursor.nextset():
-                            break
+                ],
+                returning=("id", "email", "role"),
+            )
+            made += [
+                LoadAccount(str(clinic_id), slug, str(user_id), email, password, role)
+                for user_id, email, role in inserted
+            ]
     return made
 
 
 def write_accounts(accounts: list[LoadAccount], path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([asdict(a) for a in accounts]))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    """Write the accounts (their passwords too) to ``path``, readable by the owner only."""
+    write_private(path, json.dumps([asdict(a) for a in accounts]), mode=0o600)
 
 
 def read_accounts(path: Path) -> list[LoadAccount]:

@@ -7,7 +7,8 @@ share rows or rate-limit buckets and never need to clean up.
 
 The rows are inserted as the owner role, which is subject to the forced row
 level security like everyone else: the transaction first calls
-``atendeai.set_request_context(clinic_id)``, exactly as the services do.
+``atendeai.set_request_context(clinic_id)``, exactly as the services do
+(``harness.tenant_rows.create_clinic``).
 """
 
 from __future__ import annotations
@@ -250,29 +251,42 @@ def create_tenant(
     """Insert a clinic and one active user per role (as the owner, in one transaction)."""
     import psycopg
 
+    from harness.tenant_rows import create_clinic
+
     clinic_id = uuid.uuid4()
     tag = clinic_id.hex[:12]
     name = name or f"Clínica de Teste {tag}"
     slug = f"test-{clinic_id.hex}"
-    users: dict[str, TenantUser] = {}
-    with psycopg.connect(owner_dsn, autocommit=True) as conn, conn.transaction():
-        conn.execute("select atendeai.set_request_context(%s::uuid)", [clinic_id])
-        conn.execute(
-            "insert into atendeai.clinics (id, slug, name, email, status)"
-            " values (%s, %s, %s, %s, 'active')",
-            [clinic_id, slug, name, f"contato@clinic-{tag}.atendeai.test"],
+    roles = list(roles)
+    emails = {role: f"{role}@clinic-{tag}.atendeai.test" for role in roles}
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        inserted = create_clinic(
+            conn,
+            {
+                "id": clinic_id,
+                "slug": slug,
+                "name": name,
+                "email": f"contato@clinic-{tag}.atendeai.test",
+                "status": "active",
+            },
+            [
+                {
+                    "name": f"{role.title()} {tag}",
+                    "email": emails[role],
+                    "password_hash": password_hash,
+                    "role": role,
+                    "status": "active",
+                }
+                for role in roles
+            ],
+            returning=("id",),
         )
-        for role in roles:
-            email = f"{role}@clinic-{tag}.atendeai.test"
-            row = conn.execute(
-                "insert into atendeai.users (clinic_id, name, email, password_hash, role, status)"
-                " values (%s, %s, %s, %s, %s, 'active') returning id",
-                [clinic_id, f"{role.title()} {tag}", email, password_hash, role],
-            ).fetchone()
-            assert row is not None
-            users[role] = TenantUser(
-                id=row[0], clinic_slug=slug, email=email, password=password, role=role
-            )
+    users = {
+        role: TenantUser(
+            id=user_id, clinic_slug=slug, email=emails[role], password=password, role=role
+        )
+        for role, (user_id,) in zip(roles, inserted, strict=True)
+    }
     return Tenant(
         clinic_id=clinic_id,
         clinic_slug=slug,

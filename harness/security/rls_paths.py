@@ -62,6 +62,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from harness.security.isolation import IsolationDsns, IsolationViolation
+from harness.tenant_rows import CONTEXT_CLINIC, insert_clinic
 
 APP_ROLE = "atendeai_app"
 HELPER_SCHEMA = "rls_paths"
@@ -326,16 +327,21 @@ def _seed_clinic(app: psycopg.Connection[Any], number: int) -> SeededClinic:
     clinic = SeededClinic(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
     with app.transaction():
         set_context(app, clinic.id)
-        app.execute(
-            "insert into atendeai.clinics (id, name) values (%s, %s)",
-            [clinic.id, f"Paths clinic {number}"],
+        insert_clinic(
+            app,
+            {"id": clinic.id, "name": f"Paths clinic {number}"},
+            [
+                {
+                    "id": user,
+                    "clinic_id": CONTEXT_CLINIC,
+                    "name": f"{name} {number}",
+                    "email": f"paths-{user}@rls-paths.test",
+                    "password_hash": "x",
+                    "role": "staff",
+                }
+                for user, name in ((clinic.staff, "Staff"), (clinic.newcomer, "Newcomer"))
+            ],
         )
-        for user, name in ((clinic.staff, "Staff"), (clinic.newcomer, "Newcomer")):
-            app.execute(
-                "insert into atendeai.users (id, clinic_id, name, email, password_hash, role)"
-                " values (%s, atendeai.current_clinic_id(), %s, %s, 'x', 'staff')",
-                [user, f"{name} {number}", f"paths-{user}@rls-paths.test"],
-            )
         app.execute(
             "insert into atendeai.sessions (id, clinic_id, user_id, family_id, token_hash,"
             " refresh_token_hash, expires_at) values (%s, atendeai.current_clinic_id(), %s,"
