@@ -137,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: choose a command (up, images, gate, benchmark, lint-rls)", file=sys.stderr)
+        print(
+            f"{PROG}: error: choose a command (up, images, gate, benchmark, lint-rls)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     return handler(args)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_APP_ROLE = "atendeai_app"
 DEFAULT_SCHEMA = "atendeai"
@@ -362,6 +362,7 @@ def detect_audit_functions(
 
 #: Runs a query and returns its rows.
 Query = Callable[..., list[tuple]]
+T = TypeVar("T")
 
 
 def read_catalog(conn: Any, options: LintOptions) -> Catalog:
@@ -409,42 +410,50 @@ def read_catalog(conn: Any, options: LintOptions) -> Catalog:
     )
 
 
+def _records(
+    rows: Query, record: Callable[..., T], query: str, params: Sequence[Any]
+) -> tuple[T, ...]:
+    """Each row of ``query`` as a ``record`` (its columns in field order)."""
+    return tuple(record(*row) for row in rows(query, params))
+
+
+def _names(rows: Query, query: str, params: Sequence[Any]) -> frozenset[str]:
+    """The first column of each row of ``query``."""
+    return frozenset(name for (name,) in rows(query, params))
+
+
 def _read_tables(rows: Query, schema: str) -> tuple[Table, ...]:
-    return tuple(
-        Table(name, enabled, forced)
-        for name, enabled, forced in rows(
-            "select c.relname, c.relrowsecurity, c.relforcerowsecurity from pg_class c"
-            " join pg_namespace n on n.oid = c.relnamespace"
-            " where n.nspname = %s and c.relkind in ('r', 'p') order by c.relname",
-            [schema],
-        )
+    return _records(
+        rows,
+        Table,
+        "select c.relname, c.relrowsecurity, c.relforcerowsecurity from pg_class c"
+        " join pg_namespace n on n.oid = c.relnamespace"
+        " where n.nspname = %s and c.relkind in ('r', 'p') order by c.relname",
+        [schema],
     )
 
 
 def _read_tenant_tables(rows: Query, options: LintOptions) -> frozenset[str]:
-    return frozenset(
-        name
-        for (name,) in rows(
-            "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-            " join pg_attribute a on a.attrelid = c.oid"
-            " where n.nspname = %s and c.relkind in ('r', 'p') and a.attname = %s"
-            " and not a.attisdropped",
-            [options.schema, options.tenant_column],
-        )
+    return _names(
+        rows,
+        "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " join pg_attribute a on a.attrelid = c.oid"
+        " where n.nspname = %s and c.relkind in ('r', 'p') and a.attname = %s"
+        " and not a.attisdropped",
+        [options.schema, options.tenant_column],
     )
 
 
 def _read_policies(rows: Query, schema: str) -> tuple[Policy, ...]:
-    return tuple(
-        Policy(*row)
-        for row in rows(
-            "select c.relname, p.polname, p.polpermissive, p.polcmd,"
-            " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
-            " from pg_policy p join pg_class c on c.oid = p.polrelid"
-            " join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s"
-            " order by c.relname, p.polname",
-            [schema],
-        )
+    return _records(
+        rows,
+        Policy,
+        "select c.relname, p.polname, p.polpermissive, p.polcmd,"
+        " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
+        " from pg_policy p join pg_class c on c.oid = p.polrelid"
+        " join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s"
+        " order by c.relname, p.polname",
+        [schema],
     )
 
 
@@ -472,26 +481,23 @@ def _read_service_role(rows: Query, name: str) -> RoleAttributes | None:
 
 
 def _read_writable_schemas(rows: Query, role: str) -> frozenset[str]:
-    return frozenset(
-        name
-        for (name,) in rows(
-            "select nspname from pg_namespace where has_schema_privilege(%s, oid, 'CREATE')"
-            " or nspname = 'public'",
-            [role],
-        )
+    return _names(
+        rows,
+        "select nspname from pg_namespace where has_schema_privilege(%s, oid, 'CREATE')"
+        " or nspname = 'public'",
+        [role],
     )
 
 
 def _read_definer_triggers(rows: Query, schema: str) -> tuple[DefinerTrigger, ...]:
-    return tuple(
-        DefinerTrigger(*row)
-        for row in rows(
-            "select distinct t.tgfoid::regprocedure::text, c.relname, pg_get_userbyid(p.proowner)"
-            " from pg_trigger t join pg_class c on c.oid = t.tgrelid"
-            " join pg_namespace n on n.oid = c.relnamespace join pg_proc p on p.oid = t.tgfoid"
-            " where n.nspname = %s and not t.tgisinternal and p.prosecdef order by 1, 2",
-            [schema],
-        )
+    return _records(
+        rows,
+        DefinerTrigger,
+        "select distinct t.tgfoid::regprocedure::text, c.relname, pg_get_userbyid(p.proowner)"
+        " from pg_trigger t join pg_class c on c.oid = t.tgrelid"
+        " join pg_namespace n on n.oid = c.relnamespace join pg_proc p on p.oid = t.tgfoid"
+        " where n.nspname = %s and not t.tgisinternal and p.prosecdef order by 1, 2",
+        [schema],
     )
 
 
@@ -508,15 +514,14 @@ def _read_views(rows: Query, schema: str) -> tuple[View, ...]:
 
 
 def _read_triggers(rows: Query, schema: str) -> tuple[Trigger, ...]:
-    return tuple(
-        Trigger(*row)
-        for row in rows(
-            "select c.relname, t.tgtype, t.tgfoid from pg_trigger t"
-            " join pg_class c on c.oid = t.tgrelid"
-            " join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s"
-            " and not t.tgisinternal and t.tgenabled <> 'D'",
-            [schema],
-        )
+    return _records(
+        rows,
+        Trigger,
+        "select c.relname, t.tgtype, t.tgfoid from pg_trigger t"
+        " join pg_class c on c.oid = t.tgrelid"
+        " join pg_namespace n on n.oid = c.relnamespace where n.nspname = %s"
+        " and not t.tgisinternal and t.tgenabled <> 'D'",
+        [schema],
     )
 
 
@@ -537,53 +542,49 @@ def _referenced_tenant_root(rows: Query, options: LintOptions) -> str:
 
 
 def _read_memberships(rows: Query, options: LintOptions) -> tuple[RoleAttributes, ...]:
-    return tuple(
-        RoleAttributes(*row)
-        for row in rows(
-            "select r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole from pg_roles r"
-            " where r.rolname <> %(role)s and pg_has_role(%(role)s, r.oid, 'MEMBER')",
-            {"role": options.app_role},
-        )
+    return _records(
+        rows,
+        RoleAttributes,
+        "select r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole from pg_roles r"
+        " where r.rolname <> %(role)s and pg_has_role(%(role)s, r.oid, 'MEMBER')",
+        {"role": options.app_role},
     )
 
 
 def _read_schema_owners(rows: Query, schema: str) -> frozenset[str]:
-    return frozenset(
-        owner
-        for (owner,) in rows(
-            "select distinct pg_get_userbyid(owner) from ("
-            " select nspowner as owner from pg_namespace where nspname = %(s)s"
-            " union all select c.relowner from pg_class c join pg_namespace n"
-            "  on n.oid = c.relnamespace where n.nspname = %(s)s"
-            " union all select p.proowner from pg_proc p join pg_namespace n"
-            "  on n.oid = p.pronamespace where n.nspname = %(s)s) o",
-            {"s": schema},
-        )
+    return _names(
+        rows,
+        "select distinct pg_get_userbyid(owner) from ("
+        " select nspowner as owner from pg_namespace where nspname = %(s)s"
+        " union all select c.relowner from pg_class c join pg_namespace n"
+        "  on n.oid = c.relnamespace where n.nspname = %(s)s"
+        " union all select p.proowner from pg_proc p join pg_namespace n"
+        "  on n.oid = p.pronamespace where n.nspname = %(s)s) o",
+        {"s": schema},
     )
 
 
 def _read_owned(rows: Query, options: LintOptions) -> tuple[OwnedObject, ...]:
     """The schema, its objects and the database, where the service role owns them."""
-    return tuple(
-        OwnedObject(*row)
-        for row in rows(
-            "select kind, name from ("
-            " select 'schema' as kind, nspname::text as name from pg_namespace"
-            "  where nspname = %(s)s and nspowner = %(role)s::regrole"
-            " union all select case c.relkind when 'r' then 'table' when 'p' then 'table'"
-            "  when 'v' then 'view' when 'm' then 'materialized view'"
-            "  when 'S' then 'sequence' else 'relation' end, n.nspname || '.' || c.relname"
-            "  from pg_class c join pg_namespace n on n.oid = c.relnamespace"
-            "  where n.nspname = %(s)s and c.relowner = %(role)s::regrole"
-            "   and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')"
-            " union all select 'function', n.nspname || '.' || p.proname from pg_proc p"
-            "  join pg_namespace n on n.oid = p.pronamespace"
-            "  where n.nspname = %(s)s and p.proowner = %(role)s::regrole"
-            " union all select 'database', datname::text from pg_database"
-            "  where datname = current_database() and datdba = %(role)s::regrole"
-            ") o order by kind, name",
-            {"s": options.schema, "role": options.app_role},
-        )
+    return _records(
+        rows,
+        OwnedObject,
+        "select kind, name from ("
+        " select 'schema' as kind, nspname::text as name from pg_namespace"
+        "  where nspname = %(s)s and nspowner = %(role)s::regrole"
+        " union all select case c.relkind when 'r' then 'table' when 'p' then 'table'"
+        "  when 'v' then 'view' when 'm' then 'materialized view'"
+        "  when 'S' then 'sequence' else 'relation' end, n.nspname || '.' || c.relname"
+        "  from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        "  where n.nspname = %(s)s and c.relowner = %(role)s::regrole"
+        "   and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')"
+        " union all select 'function', n.nspname || '.' || p.proname from pg_proc p"
+        "  join pg_namespace n on n.oid = p.pronamespace"
+        "  where n.nspname = %(s)s and p.proowner = %(role)s::regrole"
+        " union all select 'database', datname::text from pg_database"
+        "  where datname = current_database() and datdba = %(role)s::regrole"
+        ") o order by kind, name",
+        {"s": options.schema, "role": options.app_role},
     )
 
 
@@ -611,21 +612,20 @@ def _read_privileges(rows: Query, options: LintOptions) -> tuple[RelationPrivile
 
 
 def _read_secret_columns(rows: Query, options: LintOptions) -> tuple[Column, ...]:
-    return tuple(
-        Column(*row)
-        for row in rows(
-            "select c.relname, a.attname from pg_attribute a"
-            " join pg_class c on c.oid = a.attrelid"
-            " join pg_namespace n on n.oid = c.relnamespace"
-            " where n.nspname = %(s)s and c.relkind in ('r', 'p', 'v', 'm', 'f')"
-            " and a.attnum > 0 and not a.attisdropped and a.attname = any(%(secrets)s)"
-            " and has_column_privilege(%(role)s, c.oid, a.attnum, 'SELECT') order by 1, 2",
-            {
-                "s": options.schema,
-                "role": options.app_role,
-                "secrets": list(options.conventions.secret_columns),
-            },
-        )
+    return _records(
+        rows,
+        Column,
+        "select c.relname, a.attname from pg_attribute a"
+        " join pg_class c on c.oid = a.attrelid"
+        " join pg_namespace n on n.oid = c.relnamespace"
+        " where n.nspname = %(s)s and c.relkind in ('r', 'p', 'v', 'm', 'f')"
+        " and a.attnum > 0 and not a.attisdropped and a.attname = any(%(secrets)s)"
+        " and has_column_privilege(%(role)s, c.oid, a.attnum, 'SELECT') order by 1, 2",
+        {
+            "s": options.schema,
+            "role": options.app_role,
+            "secrets": list(options.conventions.secret_columns),
+        },
     )
 
 

@@ -64,7 +64,7 @@ UP_WAIT_LIMIT_S = 180.0
 SUITES_AGAINST_COMPOSE = (
     "contract_tests/test_auth_flow.py",
     "contract_tests/test_rbac.py",
-    "contract_tests/test_database_security.py",
+    "contract_tests/security/test_database_security.py",
     "contract_tests/test_openapi_contract.py",
     "contract_tests/test_cache_and_audit.py",
     "contract_tests/observability/test_obs_haproxy.py",

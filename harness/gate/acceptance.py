@@ -50,7 +50,7 @@ CRITERIA: tuple[Criterion, ...] = (
     Criterion(
         "functionality", "Banco de dados PostgreSQL funcionando",
         "PostgreSQL with the schema, roles and RLS works",
-        suites=("contract_tests/test_database_security.py",),
+        suites=("contract_tests/security/test_database_security.py",),
     ),
     Criterion(
         "functionality", "Sistema de cache Redis operacional",
@@ -134,7 +134,7 @@ CRITERIA: tuple[Criterion, ...] = (
     Criterion(
         "security", "RLS implementado e testado",
         "tenant isolation holds in the database and through the API",
-        suites=("contract_tests/test_database_security.py",
+        suites=("contract_tests/security/test_database_security.py",
                 "contract_tests/security/test_sec_rls*.py",
                 "contract_tests/security/test_sec_*isolation*.py"),
     ),

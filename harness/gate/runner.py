@@ -20,7 +20,7 @@ from pathlib import Path
 from harness.exceptions import ConfigurationError, HarnessError
 from harness.gate.acceptance import CRITERIA, assess
 from harness.gate.crosscheck import cross_check
-from harness.gate.drill import DrillPlan
+from harness.gate.drill import DrillPlan, DrillResult
 from harness.gate.loadrun import LoadRunConfig
 from harness.gate.report import (
     format_samples,
@@ -32,6 +32,9 @@ from harness.gate.report import (
 from harness.gate.result import GateResult
 from harness.gate.slo import DEFAULT_SLO_FILE, SloFile, Verdict, load_slo_file
 from harness.gate.stages import (
+    Evaluation,
+    LoadStage,
+    WindowFigures,
     drill_stage,
     evaluation_stage,
     gateway_url,
@@ -41,6 +44,7 @@ from harness.gate.stages import (
     window_figures,
 )
 from harness.gate.status import CheckStatus
+from harness.gate.suites import SuiteResults
 from harness.gate.verdict import decide_verdict
 from harness.progress import Progress, printer
 from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
@@ -190,7 +194,7 @@ class GateRun:
             stack_json = secrets_dir / "stack.json"
             stack.write_json(stack_json)
 
-            suites = None
+            suites: SuiteResults | None = None
             if config.run_suites:
                 started = time.monotonic()
                 suites = suites_stage(
@@ -246,22 +250,35 @@ class GateRun:
                 baseline=baseline,
             )
 
+        return self._result(suites, load, figures, drill, evaluation, timings, baseline_from)
+
+    def _result(
+        self,
+        suites: SuiteResults | None,
+        load: LoadStage,
+        figures: WindowFigures,
+        drill: DrillResult,
+        evaluation: Evaluation,
+        timings: dict[str, float],
+        baseline_from: str | None,
+    ) -> GateResult:
+        """What the stages found, decided and put together."""
         decision = decide_verdict(evaluation.results, suites, drill)
-        readings = evaluation.readings
+        results, readings = evaluation.results, evaluation.readings
         return GateResult(
             run_id=self.run_id,
-            profile=config.profile,
-            provider=config.provider,
-            load_mode=config.load_mode,
+            profile=self.config.profile,
+            provider=self.config.provider,
+            load_mode=self.config.load_mode,
             verdict=decision.verdict,
             window=load.window,
-            objectives=evaluation.results,
+            objectives=results,
             queries=readings.queries,
             sample_queries=readings.sample_queries,
             target_uptime=readings.targets,
-            cross_checks=tuple(cross_check(evaluation.results, load.client, evaluation.buckets)),
+            cross_checks=tuple(cross_check(results, load.client, evaluation.buckets)),
             buckets=evaluation.buckets,
-            acceptance=tuple(assess(CRITERIA, suites, evaluation.results, drill)),
+            acceptance=tuple(assess(CRITERIA, suites, results, drill)),
             suites=suites,
             client=load.client,
             memory_mb=load.memory_mb,

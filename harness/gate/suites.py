@@ -94,6 +94,9 @@ def run_suites(
     Says how far it is every ``PROGRESS_EVERY_S``."""
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        # the contract suites, not the harness's own tests (tests/), unless
+        # extra_args name paths of their own
+        "-o", "testpaths=contract_tests",
         "--stack=external", f"--stack-json={stack_json}", f"--junitxml={junit_path}",
         *extra_args,
     ]  # fmt: skip

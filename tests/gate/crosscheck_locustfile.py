@@ -1,4 +1,4 @@
-"""The live cross-check test's load (``contract_tests/gate/test_crosscheck_live.py``).
+"""The live cross-check test's load (``tests/gate/test_crosscheck_live.py``).
 
 Readers of ``GET /clinics/me`` with a token made beforehand (so no sign-in,
 whose bcrypt time would dominate a short run's p95), a short pause between

@@ -1,4 +1,4 @@
-"""The calibration test's load (``contract_tests/gate/test_calibration.py``).
+"""The calibration test's load (``tests/gate/test_calibration.py``).
 
 Run by the gate's own runner (``harness.gate.loadrun.run_load``), which passes
 ``--stack-json``, ``--load-profile`` and ``--load-profile-scale``; this file

@@ -33,7 +33,7 @@ from harness.tenants import ClientAddresses, login_body
 
 pytestmark = [pytest.mark.stack]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _say(line: str) -> None:

@@ -588,3 +588,28 @@ def test_the_revoked_families_copy_drops_expired_entries_as_it_grows() -> None:
     assert watch.revoked(first) is False and watch.revoked(second) is True
     watch.live = False
     assert watch.revoked(second) is None  # not live: the caller asks Redis
+
+
+def test_another_repository_gets_the_fixtures_and_options_from_the_entry_point(tmp_path):
+    """Installed, the package registers its pytest plugins (pytest11): a
+    repository of its own, with no conftest.py, sees the options and fixtures."""
+    import subprocess
+
+    (tmp_path / "test_uses_the_plugin.py").write_text(
+        "def test_options(request):\n"
+        "    assert request.config.getoption('--stack') == 'local'\n"
+        "    assert request.config.getoption('--deep') is False\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--fixtures",
+         "test_uses_the_plugin.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    listed = {line.split(" ")[0] for line in run.stdout.splitlines() if " -- " in line}
+    assert {"stack", "tenant_factory", "tenant"} <= listed, run.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_uses_the_plugin.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
