@@ -37,13 +37,14 @@ from harness.exceptions import (
     ConfigurationError,
     FaultNotSupported,
     HarnessError,
+    NotReadyYet,
     PrometheusError,
     WaitTimeout,
 )
 from harness.gate.faultplan import Fault, FaultKind, fault_plan
 from harness.gate.ledger import LedgerResult, check_ledger, read_ledger
 from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
-from harness.gate.recovery import CONSISTENT_READS, Canary, haproxy_servers
+from harness.gate.recovery import CONSISTENT_READS, Canary, describe_servers, haproxy_servers
 from harness.gate.status import CheckStatus
 from harness.processes import wait_until
 from harness.progress import Progress
@@ -447,11 +448,7 @@ class _FaultRunner:
             self.say(f"drill: could not undo {fault.name}: {error}")
 
     def _servers(self) -> str:
-        try:
-            rows = haproxy_servers(self.stats_url)
-        except Exception as error:
-            return f"stats page unreadable ({type(error).__name__})"
-        return ", ".join(f"{name} {row['status']}" for name, row in sorted(rows.items()))
+        return describe_servers(self.stats_url)
 
 
 def _s(seconds: float | None) -> str:
@@ -461,7 +458,7 @@ def _s(seconds: float | None) -> str:
 def _server_is(stats_url: str, server: str, state: str) -> bool:
     try:
         row = haproxy_servers(stats_url).get(server)
-    except Exception:
+    except NotReadyYet:
         return False
     return (
         row is not None
@@ -474,7 +471,7 @@ def _all_up(stats_url: str, *, but: str = "") -> bool:
     """Every server of every backend UP (``but`` that one)."""
     try:
         rows = haproxy_servers(stats_url)
-    except Exception:
+    except NotReadyYet:
         return False
     return bool(rows) and all(row["status"] == "UP" for name, row in rows.items() if name != but)
 
@@ -487,12 +484,7 @@ def _wait_for(stats_url: str, accept: Callable[[], bool], deadline: float) -> st
         )
         return None
     except WaitTimeout:
-        pass
-    try:
-        rows = haproxy_servers(stats_url)
-        return ", ".join(f"{n} {r['status']}" for n, r in sorted(rows.items()))
-    except Exception as error:
-        return f"stats page unreadable ({type(error).__name__})"
+        return describe_servers(stats_url)
 
 
 def _server_of(component: str) -> str:

@@ -142,17 +142,36 @@ class Canary:
 
 def haproxy_servers(stats_url: str) -> dict[str, dict[str, str]]:
     """``{"backend/server": row}`` from HAProxy's stats page at ``stats_url`` (``status``,
-    ``check_status``, ``last_chk``...)."""
+    ``check_status``, ``last_chk``...); ``NotReadyYet`` when it cannot be read."""
     import httpx
 
     from harness.exceptions import NotReadyYet
     from harness.providers.haproxy import server_rows
 
-    text = httpx.get(f"{stats_url};csv", timeout=REQUEST_TIMEOUT_S).text
     try:
+        text = httpx.get(f"{stats_url};csv", timeout=REQUEST_TIMEOUT_S).text
         return server_rows(text)
+    except (httpx.HTTPError, NotReadyYet) as error:
+        raise NotReadyYet(
+            f"HAProxy's stats page at {stats_url}: {type(error).__name__}: {error}"
+        ) from None
+
+
+def describe_servers(stats_url: str) -> str:
+    """HAProxy's view of every server, one ``name STATUS`` each (for evidence)."""
+    from harness.exceptions import NotReadyYet
+
+    try:
+        rows = haproxy_servers(stats_url)
     except NotReadyYet as error:
-        raise ValueError(f"HAProxy's stats page at {stats_url}: {error}") from None
+        return f"stats page unreadable ({error})"
+    return ", ".join(f"{name} {row['status']}" for name, row in sorted(rows.items()))
 
 
-__all__ = ["CONSISTENT_READS", "RECOVERY_THRESHOLD_S", "Canary", "haproxy_servers"]
+__all__ = [
+    "CONSISTENT_READS",
+    "RECOVERY_THRESHOLD_S",
+    "Canary",
+    "describe_servers",
+    "haproxy_servers",
+]
