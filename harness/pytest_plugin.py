@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from harness.exceptions import ConfigurationError, DockerUnavailable
+from harness.progress import Progress
 from harness.providers import PROVIDERS, RunningStack, StackRequest, Supervisor, open_stack
 from harness.stack import Stack
 from harness.tenants import (
@@ -184,7 +185,7 @@ def docker_engine(request: pytest.FixtureRequest) -> Iterator[Any]:
     client.close()
 
 
-def _progress_writer(config: pytest.Config) -> Callable[[str], None]:
+def _progress_writer(config: pytest.Config) -> Progress:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
 

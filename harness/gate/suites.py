@@ -7,11 +7,11 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.exceptions import HarnessError
+from harness.progress import Progress, silent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How often a long suite run says how far it is.
@@ -88,7 +88,7 @@ def run_suites(
     *,
     extra_args: tuple[str, ...] = (),
     timeout_s: float,
-    progress: Callable[[str], None] = lambda line: None,
+    progress: Progress = silent,
 ) -> SuiteResults:
     """``pytest --stack=external`` against the running stack; results from its JUnit XML.
     Says how far it is every ``PROGRESS_EVERY_S``."""
