@@ -11,7 +11,7 @@ Subcommands:
 - ``atendeai gate [--profile P] [--provider local|containers|external] ...``:
   the release gate (``harness.gate.command``); exit 0 go, 1 no-go, 2 broken.
 - ``atendeai lint-rls --dsn DSN [--schema S] [--app-role R] [--tenant-column C] [--json]``:
-  the RLS lint (``harness.rls_lint``) against any database, this platform's or
+  the RLS lint (``harness.security.rls_lint``) against any database, this platform's or
   another schema (its options: ``atendeai lint-rls --help``); exit 0 clean,
   1 findings, 2 could not run or a bad option.
 
@@ -117,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=cmd_images_build)
 
-    from harness import rls_lint
     from harness.gate import benchmark
     from harness.gate import command as gate_command
+    from harness.security import rls_lint
 
     gate_command.add_parser(commands)
     benchmark.add_parser(commands)

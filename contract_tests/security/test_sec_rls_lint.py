@@ -1,4 +1,4 @@
-"""The RLS lint (``harness.rls_lint``): clean on the stack, and red for every
+"""The RLS lint (``harness.security.rls_lint``): clean on the stack, and red for every
 defect of DESIGN.md section 7 injected into a scratch cluster.
 
 Database-level defects go into a fresh scratch database each; role-level
@@ -26,7 +26,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from harness.cli import main as atendeai
-from harness.rls_lint import (
+from harness.security.rls_lint import (
     ERROR,
     NOTE,
     Conventions,
@@ -440,7 +440,7 @@ def test_proof_lint_command_exits_non_zero_with_findings(
 ) -> None:
     scratch_db.execute("alter table atendeai.users no force row level security")
     result = subprocess.run(
-        [sys.executable, "-m", "harness.rls_lint", "--dsn", scratch_db.superuser_dsn],
+        [sys.executable, "-m", "harness.security.rls_lint", "--dsn", scratch_db.superuser_dsn],
         capture_output=True,
         text=True,
         timeout=60,

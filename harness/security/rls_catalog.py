@@ -2,7 +2,7 @@
 once into frozen records (``read_catalog``), with what is detected from it
 (the table of tenants, the tenant context, the audit tables and functions).
 
-The checks (``harness.rls_lint_checks``) only look at a ``Catalog``; they run
+The checks (``harness.security.rls_checks``) only look at a ``Catalog``; they run
 no queries.
 """
 

@@ -72,13 +72,13 @@ Findings of severity ``error`` make ``main`` exit 1; ``note`` findings are
 reported but do not fail the lint.
 
 How it runs: ``read_catalog`` reads everything once into a frozen ``Catalog``
-(``harness.rls_lint_catalog``, with what is detected), then each check of
-``CHECKS`` (``harness.rls_lint_checks``, one function per check) returns its
+(``harness.security.rls_catalog``, with what is detected), then each check of
+``CHECKS`` (``harness.security.rls_checks``, one function per check) returns its
 findings from the catalog alone; ``lint_catalog`` collects them in that order.
 
 Command line (wired as ``atendeai lint-rls``)::
 
-    python -m harness.rls_lint --dsn DSN [--app-role atendeai_app] [--schema atendeai]
+    python -m harness.security.rls_lint --dsn DSN [--app-role atendeai_app] [--schema atendeai]
         [--tenant-column clinic_id] [--tenant-root TABLE] [--tenant-setting NAME]
         [--secret-columns A,B] [--audit-table TABLE] [--unaudited A,B] [--json]
 """
@@ -95,7 +95,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from harness.exceptions import LintError
-from harness.rls_lint_catalog import (
+from harness.security.rls_catalog import (
     DEFAULT_APP_ROLE,
     DEFAULT_CONVENTIONS,
     DEFAULT_SCHEMA,
@@ -110,7 +110,7 @@ from harness.rls_lint_catalog import (
     check_setting_name,
     read_catalog,
 )
-from harness.rls_lint_checks import (
+from harness.security.rls_checks import (
     CHECKS,
     ERROR,
     NOTE,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from harness.rls_lint_catalog import (
+from harness.security.rls_catalog import (
     AUDIT_WRITE_PRIVILEGES,
     DANGEROUS_PRIVILEGES,
     Catalog,
