@@ -69,6 +69,13 @@ class DelayingProxy:
         self._ready.set()
         self.loop.run_forever()
         server.close()
+        # connections still piped when the proxy stops: end them inside the
+        # loop, so none is torn down later by the garbage collector
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter):
         try:
