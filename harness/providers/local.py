@@ -41,10 +41,11 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from harness.childenv import child_environment
 from harness.exceptions import ConfigurationError, FaultNotSupported
@@ -77,6 +78,8 @@ from harness.providers.redis import LocalRedis
 from harness.providers.rundir import make_run_dir, print_progress, remove_run_dir
 from harness.providers.services import SERVICE_NAMES, RunningService, running_services
 from harness.stack import Credentials, PostgresEndpoints, Stack
+
+T = TypeVar("T")
 
 #: The custom queries of the PostgreSQL exporter (business gauges), shared with compose.
 DEFAULT_EXPORTER_QUERIES = COMPOSE_DIR / "postgres-exporter" / "queries.yaml"
@@ -350,7 +353,7 @@ def supervised_local_stack(
         resources.callback(say, "stack stopped")
         say(f"run directory {run_dir}")
 
-        parts = _start_parts(resources, run_dir, config, say)
+        parts = _start_parts(_Starting(resources, run_dir, config, say))
         cold_start = time.monotonic() - started
         stack = describe_stack(parts, config, cold_start_s=cold_start)
         say(f"stack ready in {cold_start:.2f} s")
@@ -404,24 +407,39 @@ class LocalStackParts:
         }
 
 
-def _start_parts(
-    resources: ExitStack, run_dir: Path, config: LocalStackConfig, say: Progress
-) -> LocalStackParts:
-    """Steps 1-10 in order, each started part entered on ``resources``."""
-    postgres = _start_postgres(resources, run_dir, config, say)
-    database = _prepare_database(postgres, config, say)
-    redis = _start_redis(resources, run_dir, config, say)
-    keys = generate_jwt_keys(run_dir / "keys")
-    services = _start_services(resources, run_dir, config, say, database, redis, keys)
-    postgres_exporter, redis_exporter = _start_exporters(
-        resources, run_dir, config, say, postgres, redis, database
-    )
-    haproxy = _start_haproxy(resources, run_dir, config, say, services)
-    prometheus = _start_prometheus(
-        resources, run_dir, config, say, services, haproxy, postgres_exporter, redis_exporter
-    )
+@dataclass(frozen=True)
+class _Starting:
+    """What every start step shares: the ``ExitStack`` that stops what it
+    started (a later failure tears the earlier parts down), the run
+    directory, the configuration and the progress callback."""
+
+    resources: ExitStack
+    run_dir: Path
+    config: LocalStackConfig
+    say: Progress
+
+    def enter(
+        self, component: str, part: AbstractContextManager[T], where: Callable[[T], str]
+    ) -> T:
+        """Start ``part`` (entered on the stack) and say where it runs and how long it took."""
+        step = time.monotonic()
+        started = self.resources.enter_context(part)
+        self.say(_line(component, where(started), step))
+        return started
+
+
+def _start_parts(start: _Starting) -> LocalStackParts:
+    """Steps 1-10 in order, each started part entered on ``start.resources``."""
+    postgres = _start_postgres(start)
+    database = _prepare_database(postgres, start.config, start.say)
+    redis = _start_redis(start)
+    keys = generate_jwt_keys(start.run_dir / "keys")
+    services = _start_services(start, database, redis, keys)
+    postgres_exporter, redis_exporter = _start_exporters(start, postgres, redis, database)
+    haproxy = _start_haproxy(start, services)
+    prometheus = _start_prometheus(start, services, haproxy, postgres_exporter, redis_exporter)
     return LocalStackParts(
-        run_dir=run_dir,
+        run_dir=start.run_dir,
         postgres=postgres,
         database=database,
         redis=redis,
@@ -434,22 +452,19 @@ def _start_parts(
     )
 
 
-def _start_postgres(
-    resources: ExitStack, run_dir: Path, config: LocalStackConfig, say: Progress
-) -> LocalPostgres:
+def _start_postgres(start: _Starting) -> LocalPostgres:
     """1. PostgreSQL, from the cached initdb template when there is one."""
-    step = time.monotonic()
-    postgres = resources.enter_context(
+    config = start.config
+    return start.enter(
+        "postgres",
         LocalPostgres(
-            run_dir / "postgres",
+            start.run_dir / "postgres",
             bin_dir=config.postgres_bin_dir,
             startup_timeout_s=config.startup_timeout_s,
             template_cache_dir=config.cache_dir,
-        )
+        ),
+        lambda pg: f"{pg.host}:{pg.port} ({'template copy' if pg.used_template else 'initdb'})",
     )
-    source = "template copy" if postgres.used_template else "initdb"
-    say(_line("postgres", f"{postgres.host}:{postgres.port} ({source})", step))
-    return postgres
 
 
 def _prepare_database(
@@ -480,29 +495,20 @@ def _prepare_database(
     )
 
 
-def _start_redis(
-    resources: ExitStack, run_dir: Path, config: LocalStackConfig, say: Progress
-) -> LocalRedis:
+def _start_redis(start: _Starting) -> LocalRedis:
     """5. Redis."""
-    step = time.monotonic()
-    redis = resources.enter_context(
-        LocalRedis(run_dir / "redis", startup_timeout_s=config.startup_timeout_s)
+    return start.enter(
+        "redis",
+        LocalRedis(start.run_dir / "redis", startup_timeout_s=start.config.startup_timeout_s),
+        lambda redis: f"{redis.host}:{redis.port}",
     )
-    say(_line("redis", f"{redis.host}:{redis.port}", step))
-    return redis
 
 
 def _start_services(
-    resources: ExitStack,
-    run_dir: Path,
-    config: LocalStackConfig,
-    say: Progress,
-    database: DatabaseAccess,
-    redis: LocalRedis,
-    keys: JwtKeyFiles,
+    start: _Starting, database: DatabaseAccess, redis: LocalRedis, keys: JwtKeyFiles
 ) -> tuple[RunningService, ...]:
     """7. Every instance of the four services, started concurrently, awaited on ``/ready``."""
-    step = time.monotonic()
+    config = start.config
     base_env = _service_base_env(
         app_dsn=database.app_dsn,
         redis_url=redis.url,
@@ -521,34 +527,31 @@ def _start_services(
         env.update(config.service_env)
         return env
 
-    services: list[RunningService] = resources.enter_context(
+    services: list[RunningService] = start.enter(
+        "services",
         running_services(
             SERVICE_NAMES,
             env_for=env_for,
-            log_dir=run_dir / "services",
+            log_dir=start.run_dir / "services",
             instances=config.instances_per_service,
             timeout_s=config.startup_timeout_s,
-        )
+        ),
+        lambda started: (
+            f"{len(started)} instances, ports " + " ".join(str(service.port) for service in started)
+        ),
     )
-    ports = " ".join(str(service.port) for service in services)
-    say(_line("services", f"{len(services)} instances, ports {ports}", step))
     return tuple(services)
 
 
 def _start_exporters(
-    resources: ExitStack,
-    run_dir: Path,
-    config: LocalStackConfig,
-    say: Progress,
-    postgres: LocalPostgres,
-    redis: LocalRedis,
-    database: DatabaseAccess,
+    start: _Starting, postgres: LocalPostgres, redis: LocalRedis, database: DatabaseAccess
 ) -> tuple[LocalPostgresExporter, LocalRedisExporter]:
     """8. The PostgreSQL exporter (as the monitoring role) and the Redis exporter."""
+    config, resources = start.config, start.resources
     step = time.monotonic()
     postgres_exporter = resources.enter_context(
         LocalPostgresExporter(
-            run_dir / "postgres-exporter",
+            start.run_dir / "postgres-exporter",
             dsn=database.monitor_dsn,
             queries_file=config.exporter_queries,
             startup_timeout_s=config.startup_timeout_s,
@@ -556,7 +559,7 @@ def _start_exporters(
     )
     redis_exporter = resources.enter_context(
         LocalRedisExporter(
-            run_dir / "redis-exporter",
+            start.run_dir / "redis-exporter",
             redis_host=redis.host,
             redis_port=int(redis.port or 0),
             password=redis.password,
@@ -564,36 +567,26 @@ def _start_exporters(
         )
     )
     where = f"postgres:{postgres_exporter.port} redis:{redis_exporter.port}"
-    say(_line("exporters", where, step))
+    start.say(_line("exporters", where, step))
     return postgres_exporter, redis_exporter
 
 
-def _start_haproxy(
-    resources: ExitStack,
-    run_dir: Path,
-    config: LocalStackConfig,
-    say: Progress,
-    services: Sequence[RunningService],
-) -> LocalHAProxy:
+def _start_haproxy(start: _Starting, services: Sequence[RunningService]) -> LocalHAProxy:
     """9. HAProxy in front of every instance, awaited until all its servers are up."""
-    step = time.monotonic()
-    haproxy = resources.enter_context(
+    return start.enter(
+        "haproxy",
         LocalHAProxy(
-            run_dir / "haproxy",
+            start.run_dir / "haproxy",
             backends=_backends(services),
-            settings=config.haproxy,
-            startup_timeout_s=config.startup_timeout_s,
-        )
+            settings=start.config.haproxy,
+            startup_timeout_s=start.config.startup_timeout_s,
+        ),
+        lambda haproxy: f"{haproxy.gateway_url} stats {haproxy.stats_url}",
     )
-    say(_line("haproxy", f"{haproxy.gateway_url} stats {haproxy.stats_url}", step))
-    return haproxy
 
 
 def _start_prometheus(
-    resources: ExitStack,
-    run_dir: Path,
-    config: LocalStackConfig,
-    say: Progress,
+    start: _Starting,
     services: Sequence[RunningService],
     haproxy: LocalHAProxy,
     postgres_exporter: LocalPostgresExporter,
@@ -606,22 +599,21 @@ def _start_prometheus(
     it starts, whatever we do. The stack is usable before that;
     ``prometheus_api.wait_for_stack_targets`` waits.
     """
-    step = time.monotonic()
-    prometheus = resources.enter_context(
+    return start.enter(
+        "prometheus",
         LocalPrometheus(
-            run_dir / "prometheus",
+            start.run_dir / "prometheus",
             jobs=_scrape_jobs(
                 services,
                 haproxy_stats=f"{haproxy.host}:{haproxy.ports[1]}",
                 postgres_exporter=f"{postgres_exporter.host}:{postgres_exporter.port}",
                 redis_exporter=f"{redis_exporter.host}:{redis_exporter.port}",
             ),
-            settings=config.prometheus,
-            startup_timeout_s=config.startup_timeout_s,
-        )
+            settings=start.config.prometheus,
+            startup_timeout_s=start.config.startup_timeout_s,
+        ),
+        lambda prometheus: f"{prometheus.url()} ({prometheus.target_count} targets)",
     )
-    say(_line("prometheus", f"{prometheus.url()} ({prometheus.target_count} targets)", step))
-    return prometheus
 
 
 def describe_stack(
