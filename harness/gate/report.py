@@ -26,7 +26,7 @@ from harness.gate.cpu import LATE_MS, VERY_LATE_MS, CpuUse, GeneratorUse
 from harness.gate.crosscheck import CrossCheck
 from harness.gate.drill import DrillResult, FaultResult
 from harness.gate.loadrun import ClientFigures, EndpointFigures
-from harness.gate.result import GateResult, Series, plain
+from harness.gate.result import GateResult, Series
 from harness.gate.slo import ObjectiveResult, Status, TargetUptime, Verdict, format_count
 from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteResults
@@ -47,7 +47,7 @@ def _write(path: Path, text: str) -> Path:
 def write_reports(result: GateResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     return {
-        "json": _write(out_dir / "report.json", json.dumps(plain(result), indent=2) + "\n"),
+        "json": _write(out_dir / "report.json", json.dumps(result.to_json(), indent=2) + "\n"),
         "markdown": _write(out_dir / "summary.md", render_markdown(result)),
         "junit": _write(out_dir / "junit.xml", render_junit(result)),
         "html": _write(out_dir / "report.html", render_html(result)),

@@ -210,7 +210,7 @@ class GateRun:
             progress("waiting for Prometheus's first scrape of every target")
             wait_for_stack_targets(stack, timeout_s=30)
             gateway = gateway_url(stack)
-            reader = PrometheusClient(prometheus_url(stack))
+            reader = resources.enter_context(PrometheusClient(prometheus_url(stack)))
             profile = PROFILES[config.profile].scaled(config.profile_scale)
             progress(
                 f"load: profile {profile.name} ({profile.description}), about "
