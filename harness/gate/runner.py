@@ -140,8 +140,10 @@ class GateRun:
         """Run every stage, write the reports, return what was found. A broken
         run raises its ``HarnessError`` (with the evidence) and leaves no report."""
         slo = load_slo_file(self.config.slo_file)
+        # read before anything starts: a bad --baseline FILE is a broken run at once
+        baseline = find_baseline(self.config, self.config.reports_dir)
         try:
-            result = self._stages(slo)
+            result = self._stages(slo, baseline)
         except HarnessError:
             shutil.rmtree(self.out_dir, ignore_errors=True)
             raise
@@ -180,7 +182,7 @@ class GateRun:
             users, short=self.config.drill_plan == "short", hold_s=self.config.drill_hold_s
         )
 
-    def _stages(self, slo: SloFile) -> GateResult:
+    def _stages(self, slo: SloFile, baseline: tuple[dict[str, float], str | None]) -> GateResult:
         config, progress = self.config, self.progress
         timings: dict[str, float] = {}
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +241,6 @@ class GateRun:
                 # samples are in its TSDB; wait until every target is scraped again
                 wait_for_stack_targets(stack, timeout_s=60)
 
-            baseline, baseline_from = find_baseline(config, config.reports_dir)
             evaluation = evaluation_stage(
                 slo,
                 reader,
@@ -247,10 +248,10 @@ class GateRun:
                 profile=config.profile,
                 client=load.client,
                 drill=drill,
-                baseline=baseline,
+                baseline=baseline[0],
             )
 
-        return self._result(suites, load, figures, drill, evaluation, timings, baseline_from)
+        return self._result(suites, load, figures, drill, evaluation, timings, baseline[1])
 
     def _result(
         self,

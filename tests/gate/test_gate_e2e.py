@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -194,6 +195,19 @@ def test_a_bad_slo_file_is_a_broken_run_with_the_line_named(tmp_path, capsys):
     assert run.run() == EXIT_BROKEN
     err = capsys.readouterr().err
     assert "line 5: objectives[0] (p95).comparator" in err
+    assert not (tmp_path / "reports").exists(), "a broken run must not leave a report behind"
+
+
+def test_a_bad_baseline_file_is_a_broken_run_before_anything_starts(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "report.json"
+    run = GateRun(
+        GateConfig(profile="smoke", baseline=str(missing), reports_dir=tmp_path / "reports")
+    )
+    started = time.monotonic()
+    assert run.run() == EXIT_BROKEN
+    assert time.monotonic() - started < 5, "the stack must not have been started"
+    err = capsys.readouterr().err
+    assert f"--baseline {missing}: cannot read it" in err
     assert not (tmp_path / "reports").exists(), "a broken run must not leave a report behind"
 
 

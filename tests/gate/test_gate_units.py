@@ -804,3 +804,29 @@ def test_the_verdict_is_decided_from_the_objectives_the_drill_and_the_suites() -
     )
     skipped = DrillResult.not_verifiable("the drill was skipped (--no-drill)")
     assert decide_verdict(passing, suites_ok, skipped).verdict is Verdict.GO  # objectives decide
+
+
+def test_the_baseline_is_the_last_passing_run_of_the_same_profile(tmp_path) -> None:
+    import dataclasses
+
+    from harness.gate.runner import GateConfig, find_baseline
+
+    smoke = _unverifiable_result()
+    runs = {
+        "20261201T000000Z-smoke": dataclasses.replace(smoke, verdict=Verdict.GO),
+        "20261202T000000Z-smoke": smoke,  # no-go: not a baseline
+        "20261203T000000Z-sla": dataclasses.replace(smoke, verdict=Verdict.GO, profile="sla"),
+    }
+    for run_id, result in runs.items():
+        write_reports(result, tmp_path / run_id)
+    (tmp_path / "20261204T000000Z-smoke").mkdir()
+    (tmp_path / "20261204T000000Z-smoke" / "report.json").write_text("{cut")  # skipped
+
+    values, source = find_baseline(GateConfig(profile="smoke"), tmp_path)
+    assert source == str(tmp_path / "20261201T000000Z-smoke" / "report.json")
+    assert values == {"p95_overall": 0.05, "error_ratio": 0.0}
+    assert find_baseline(GateConfig(profile="spike"), tmp_path) == ({}, None)
+    assert find_baseline(GateConfig(profile="smoke", baseline="none"), tmp_path) == ({}, None)
+    broken = str(tmp_path / "20261204T000000Z-smoke" / "report.json")
+    with pytest.raises(ConfigurationError, match=r"--baseline .*not a gate report\.json"):
+        find_baseline(GateConfig(profile="smoke", baseline=broken), tmp_path)
