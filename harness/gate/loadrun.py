@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -47,7 +48,8 @@ class LoadRunConfig:
     locustfile: Path = LOCUSTFILE
     # The load generator shares the cores with the stack here; in a real test
     # it runs on its own machine. A lower priority keeps it from taking CPU
-    # the services need (it still gets all it asks for while a core is idle).
+    # the services need (it still gets all it asks for while a core is idle):
+    # see ``start_load_generator``.
     niceness: int = 10
     # the profile's stages replaced by these ((until_s, users, spawn_rate), ...)
     stages: tuple[tuple[float, int, float], ...] = ()
@@ -321,7 +323,7 @@ def run_load(
     started = time.time()
     cpu_s: float | None = None
     with log_path.open("w") as log, contextlib.ExitStack() as watching:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = start_load_generator(command, niceness=config.niceness, log=log)
         sampler = watching.enter_context(TreeSampler(process.pid))
         try:
             said = time.monotonic()
@@ -335,7 +337,7 @@ def run_load(
                     stop = None
                 elapsed = time.time() - started
                 if elapsed > timeout_s:
-                    process.terminate()
+                    _stop_session(process, signal.SIGTERM)
                     process.wait(timeout=30)
                     raise LoadRunError(
                         f"it did not finish within {timeout_s:.0f} s",
@@ -349,7 +351,7 @@ def run_load(
                         progress(f"load {config.profile} {elapsed:5.0f}s  {line}")
         finally:
             if process.poll() is None:
-                process.kill()
+                _stop_session(process, signal.SIGKILL)
                 process.wait()
     ended = time.time()
     if process.returncode != 0:
@@ -374,6 +376,31 @@ def run_load(
         late_starts=read_late_starts(config.lateness_dir),
     )
     return dataclasses.replace(figures, capacity=capacity, generator=generator)
+
+
+def start_load_generator(command: list[str], *, niceness: int, log) -> subprocess.Popen:
+    """Start Locust in a session of its own, at ``niceness`` for the whole session.
+
+    Linux's scheduler (``kernel.sched_autogroup_enabled``, on by default) shares
+    the CPU fairly between *sessions* first, and ``nice`` only orders the
+    threads inside one. Each process of the local stack runs in a session of
+    its own; Locust in the gate's session would get a full session's share,
+    whatever its ``nice``. So it gets a session of its own, whose share is
+    lowered the way the kernel provides, ``/proc/<pid>/autogroup``. Without
+    autogroups that file is absent and the ``nice`` of the command line counts.
+    """
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{process.pid}/autogroup").write_text(str(niceness))
+    return process
+
+
+def _stop_session(process: subprocess.Popen, signal_number: int) -> None:
+    """Signal Locust and its worker processes (one session, one process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal_number)
 
 
 def _reap(process: subprocess.Popen) -> float | None:

@@ -322,6 +322,31 @@ def test_a_stack_component_burning_a_known_cpu_time_is_measured_within_ten_perce
         process.wait()
 
 
+def test_the_load_generator_runs_in_a_session_of_its_own_at_a_lower_share(tmp_path):
+    """Linux shares the CPU between sessions first (autogroups) and ``nice`` only
+    orders the threads inside one: Locust is started in a session of its own
+    whose share is lowered, or its ``nice 10`` would give the stack nothing."""
+    import sys
+
+    from harness.gate.loadrun import start_load_generator
+
+    autogroups = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if not autogroups.exists() or autogroups.read_text().strip() != "1":
+        pytest.skip("this kernel does not group by session: the command's nice is what counts")
+    with (tmp_path / "locust.log").open("w") as log:
+        process = start_load_generator(
+            [sys.executable, "-c", "import time; time.sleep(30)"], niceness=10, log=log
+        )
+    try:
+        assert os.getsid(process.pid) == process.pid != os.getsid(0)
+        group, _, niceness = Path(f"/proc/{process.pid}/autogroup").read_text().split()
+        assert group != Path("/proc/self/autogroup").read_text().split()[0]
+        assert niceness == "10"
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_a_saturated_generator_is_flagged_and_an_idle_one_is_not():
     """The sampler reads a real process's busiest core: one spinning for 3 s
     is over the 80 % limit (its client figures are unreliable); one asleep is not."""
