@@ -211,10 +211,19 @@ class LocalStackControl:
         pid = self.pid(component)
         if pid is None:
             raise ConfigurationError(f"{component} is not running: nothing to signal")
-        # the main process first: once stopped it forks nothing while we look
-        for target in (pid, *descendants(pid)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(target, signum)
+        # The main process first, and its children listed only once it has
+        # stopped: it forks nothing after that, so no child started in between
+        # is missed (a PostgreSQL backend forked then kept running). A stop is
+        # delivered asynchronously; like ``docker pause``, return once it took.
+        _send(pid, signum)
+        stopping = signum == signal.SIGSTOP
+        if stopping:
+            _wait_stopped([pid])
+        children = descendants(pid)
+        for target in children:
+            _send(target, signum)
+        if stopping:
+            _wait_stopped(children)
 
     def restart(self, component: str, *, timeout_s: float | None = None) -> None:
         """Start the component again (same port, same data) and wait until it is ready:
@@ -405,6 +414,34 @@ class LocalStackParts:
             "haproxy": self.haproxy,
             "prometheus": self.prometheus,
         }
+
+
+def _send(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
+
+
+#: How long ``pause`` waits for SIGSTOP to take (a process in an uninterruptible
+#: wait stops only when it returns from it).
+STOP_TAKES_S = 2.0
+
+
+def _wait_stopped(pids: Sequence[int]) -> None:
+    """Until each of ``pids`` is stopped or gone, for at most ``STOP_TAKES_S``."""
+    deadline = time.monotonic() + STOP_TAKES_S
+    waiting = list(pids)
+    while waiting and time.monotonic() < deadline:
+        waiting = [pid for pid in waiting if _process_state(pid) not in (None, "T", "t", "Z")]
+        if waiting:
+            time.sleep(0.005)
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (``T``: stopped); None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
