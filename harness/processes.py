@@ -479,6 +479,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of ``/proc/<pid>/stat`` (``T``: stopped, ``Z``: a zombie),
+    ``None`` when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def run_checked(
     name: str,
     command: Sequence[str],

@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from harness.childenv import child_environment
-from harness.exceptions import ConfigurationError, FaultNotSupported
+from harness.exceptions import ConfigurationError, FaultNotSupported, WaitTimeout
 from harness.keys import JwtKeyFiles, generate_jwt_keys
-from harness.processes import ManagedProcess, descendants
+from harness.processes import ManagedProcess, descendants, process_state, wait_until
 from harness.progress import Progress
 from harness.providers.daemon import HttpDaemon
 from harness.providers.database import (
@@ -213,8 +213,8 @@ class LocalStackControl:
             raise ConfigurationError(f"{component} is not running: nothing to signal")
         # The main process first, and its children listed only once it has
         # stopped: it forks nothing after that, so no child started in between
-        # is missed (a PostgreSQL backend forked then kept running). A stop is
-        # delivered asynchronously; like ``docker pause``, return once it took.
+        # is missed. A stop is delivered asynchronously; like ``docker pause``,
+        # return once it took (CI once saw a PostgreSQL backend still running).
         _send(pid, signum)
         stopping = signum == signal.SIGSTOP
         if stopping:
@@ -428,20 +428,13 @@ STOP_TAKES_S = 2.0
 
 def _wait_stopped(pids: Sequence[int]) -> None:
     """Until each of ``pids`` is stopped or gone, for at most ``STOP_TAKES_S``."""
-    deadline = time.monotonic() + STOP_TAKES_S
-    waiting = list(pids)
-    while waiting and time.monotonic() < deadline:
-        waiting = [pid for pid in waiting if _process_state(pid) not in (None, "T", "t", "Z")]
-        if waiting:
-            time.sleep(0.005)
-
-
-def _process_state(pid: int) -> str | None:
-    """The state letter of ``/proc/<pid>/stat`` (``T``: stopped); None when gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    with contextlib.suppress(WaitTimeout):
+        wait_until(
+            lambda: all(process_state(pid) in (None, "T", "t", "Z") for pid in pids),
+            timeout=STOP_TAKES_S,
+            what="SIGSTOP to take",
+            interval=0.005,
+        )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from harness.exceptions import FaultNotSupported
-from harness.processes import wait_until
+from harness.processes import process_state, wait_until
 from harness.providers.haproxy import HAProxySettings, server_rows
 from harness.providers.local import LocalStackConfig, LocalStackControl, supervised_local_stack
 from harness.tenants import ClientAddresses, login_body
@@ -351,14 +351,6 @@ CTRL_C_SCRIPT = textwrap.dedent(
 )
 
 
-def _state(pid: int) -> str | None:
-    """The process's state letter (``T``: stopped), ``None`` when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def test_ctrl_c_during_a_freeze_leaves_nothing_frozen(request):
     """A drill interrupted while Redis and PostgreSQL are frozen: the stack thaws
     them first, so each stops gracefully (Redis flushes its AOF and says bye,
@@ -385,7 +377,7 @@ def test_ctrl_c_during_a_freeze_leaves_nothing_frozen(request):
         where = json.loads(line)
         frozen = where["frozen"]
         assert len(frozen) > 3, f"PostgreSQL's backends were not frozen: {frozen}"
-        assert {_state(pid) for pid in frozen} == {"T"}, "not everything was frozen"
+        assert {process_state(pid) for pid in frozen} == {"T"}, "not everything was frozen"
         started = time.monotonic()
         child.send_signal(signal.SIGINT)
         child.wait(timeout=60)
@@ -401,7 +393,7 @@ def test_ctrl_c_during_a_freeze_leaves_nothing_frozen(request):
         }
         shutil.rmtree(base, ignore_errors=True)
     _say(f"Ctrl-C with redis and postgres frozen: stack stopped in {took:.2f} s")
-    left = {pid: _state(pid) for pid in frozen if _state(pid) not in (None, "Z")}
+    left = {pid: process_state(pid) for pid in frozen if process_state(pid) not in (None, "Z")}
     assert left == {}, f"processes left behind (pid: state): {left}"
     assert "ready to exit, bye bye" in logs["redis_log"], logs["redis_log"][-2000:]
     assert "database system is shut down" in logs["postgres_log"], logs["postgres_log"][-2000:]
