@@ -149,11 +149,13 @@ def component_pids(supervisor: Supervisor | None) -> dict[str, int]:
 
 
 def wait_for_last_scrape(reader: PrometheusClient, end: float, *, timeout_s: float = 30) -> bool:
-    """Wait until Prometheus has scraped past ``end``; False when it did not in time."""
+    """Wait until Prometheus has scraped every target past ``end``; False when it
+    did not in time. (Every target: each is scraped at an offset of its own, and
+    the newest scrape of one says nothing of the auth service's counters.)"""
 
     def scraped_past_end() -> bool:
         try:
-            newest = reader.instant("max(timestamp(up))", time.time())
+            newest = reader.instant("min(timestamp(up))", time.time())
         except PrometheusError:
             return False
         return newest is not None and newest >= end
@@ -166,22 +168,27 @@ def wait_for_last_scrape(reader: PrometheusClient, end: float, *, timeout_s: flo
 
 
 def password_hashing(
-    reader: PrometheusClient, window: tuple[float, float]
+    reader: PrometheusClient, window: tuple[float, float], *, read_at: float | None = None
 ) -> tuple[dict[str, tuple[float, int]], tuple[str, ...]]:
     """bcrypt's CPU seconds and count per operation over the window, from the
-    services' own counters (empty when they do not publish them)."""
-    seconds = max(1, round(window[1] - window[0]))
+    services' own counters (empty when they do not publish them).
+
+    Each counter's last scrape before the window is subtracted from its newest
+    scrape once Prometheus is past the window (``read_at``, now by default).
+    ``increase()`` over the window would not do: its first sample falls up to a
+    scrape interval inside the window, so the sign-ins of the first second (all
+    of them in a short run) went uncounted.
+    """
+    read_at = time.time() if read_at is None else read_at
+    offset_ms = max(1, round(1000 * (read_at - window[0])))
+
+    def grown(counter: str) -> str:  # summed first: an instance first scraped late starts at 0
+        by = "sum by (operation)"
+        return f"{by} ({counter}) - {by} ({counter} offset {offset_ms}ms)"
+
     try:
-        cpu = reader.by_labels(
-            f"sum by (operation) (increase(password_hashing_cpu_seconds_total[{seconds}s]))",
-            window[1],
-            ("operation",),
-        )
-        counts = reader.by_labels(
-            f"sum by (operation) (increase(password_hashing_total[{seconds}s]))",
-            window[1],
-            ("operation",),
-        )
+        cpu = reader.by_labels(grown("password_hashing_cpu_seconds_total"), read_at, ("operation",))
+        counts = reader.by_labels(grown("password_hashing_total"), read_at, ("operation",))
     except PrometheusError as error:
         return {}, (f"password hashing CPU: {error}",)
     return {op: (cpu[op], round(counts.get(op, 0))) for op in sorted(cpu)}, ()

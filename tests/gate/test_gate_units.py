@@ -47,10 +47,11 @@ from harness.gate.slo import (
     load_slo_file,
     verdict,
 )
+from harness.gate.stages import password_hashing, wait_for_last_scrape
 from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
 from harness.processes import LOOPBACK, free_ports, wait_until
-from harness.prometheus_api import PrometheusClient
+from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers.prometheus import LocalPrometheus, PrometheusSettings, ScrapeJob
 from harness.stack import Stack
 from harness.tenants import Tenant
@@ -678,6 +679,31 @@ def test_live_a_percentile_of_three_requests_is_not_verifiable(stack: Stack, ten
     enough, _ = _evaluate(reads, reader, _window(reader, lambda: get(40), clinics))
     assert enough.verifiable and enough.samples is not None and enough.samples >= 20, enough
     assert enough.status in (Status.PASS, Status.WARN, Status.FAIL)
+
+
+def test_live_password_hashing_counts_the_sign_ins_of_the_window_s_first_moments(
+    stack: Stack, tenant: Tenant
+):
+    """The gate's bcrypt figure, read from the stack's own Prometheus: three sign-ins
+    made the moment the window opens, before any scrape inside it, are all counted
+    (``increase()`` over the window counted none of them: its first sample already
+    held them), and the sign-in just before the window is not."""
+    assert stack.prometheus_url, "the suites' stack has a Prometheus"
+    reader = PrometheusClient(stack.prometheus_url)
+    auth = 'up{job="auth"}'
+    wait_for_stack_targets(stack, timeout_s=30)  # every auth instance's counters are scraped
+    tenant.login("admin")  # before the window
+    _scraped_past(reader, time.time(), auth)
+    start = time.time()
+    for role in ("admin", "manager", "staff"):
+        tenant.login(role)
+    time.sleep(max(0.0, start + 3 * reader.scrape_interval_s() - time.time()))
+    end = time.time()
+    assert wait_for_last_scrape(reader, end)
+    hashing, notes = password_hashing(reader, (start, end))
+    assert notes == ()
+    seconds, count = hashing["verify"]
+    assert count == 3 and seconds > 0, hashing
 
 
 # --- evidence from a real Prometheus of this module's own ----------------------------------
