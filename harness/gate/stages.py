@@ -168,18 +168,18 @@ def wait_for_last_scrape(reader: PrometheusClient, end: float, *, timeout_s: flo
 
 
 def password_hashing(
-    reader: PrometheusClient, window: tuple[float, float], *, read_at: float | None = None
+    reader: PrometheusClient, window: tuple[float, float]
 ) -> tuple[dict[str, tuple[float, int]], tuple[str, ...]]:
     """bcrypt's CPU seconds and count per operation over the window, from the
     services' own counters (empty when they do not publish them).
 
     Each counter's last scrape before the window is subtracted from its newest
-    scrape once Prometheus is past the window (``read_at``, now by default).
+    scrape, read now, once Prometheus is past the window.
     ``increase()`` over the window would not do: its first sample falls up to a
     scrape interval inside the window, so the sign-ins of the first second (all
     of them in a short run) went uncounted.
     """
-    read_at = time.time() if read_at is None else read_at
+    read_at = time.time()
     offset_ms = max(1, round(1000 * (read_at - window[0])))
 
     def grown(counter: str) -> str:  # summed first: an instance first scraped late starts at 0
