@@ -86,12 +86,22 @@ class PrometheusClient:
     def scrape_interval_s(self) -> float:
         """The global scrape interval of the running configuration (1 s locally, 15 s
         in the compose deployment): how long "the next scrape" can take."""
+        return self._global_interval_s("scrape_interval")
+
+    def evaluation_interval_s(self) -> float:
+        """The global rule evaluation interval of the running configuration (1 s on
+        the local stack of the tests, 15 s in the compose deployment and on the
+        release gate's stacks): how long a recording rule or alert can lag."""
+        return self._global_interval_s("evaluation_interval")
+
+    def _global_interval_s(self, name: str) -> float:
         import yaml
 
         from harness.providers.prometheus import parse_duration
 
         config = yaml.safe_load(self._get("/api/v1/status/config")["yaml"])
-        return parse_duration(config.get("global", {}).get("scrape_interval", "1m"))
+        # Prometheus's own default for both is one minute
+        return parse_duration(config.get("global", {}).get(name, "1m"))
 
     # -- queries
 

@@ -37,6 +37,7 @@ from harness.processes import (
 from harness.providers import StackRequest, external_stack, open_stack
 from harness.providers.local import LocalStackConfig
 from harness.providers.postgres import find_bin_dir
+from harness.providers.prometheus import PrometheusSettings
 from harness.providers.redis import find_redis_server
 from harness.providers.rundir import print_progress
 from harness.stack import Credentials, PostgresEndpoints, Stack
@@ -226,6 +227,10 @@ def test_stack_requests_are_checked_where_they_enter(tmp_path: Path) -> None:
         StackRequest(provider="external")
     with pytest.raises(ConfigurationError, match="only applies to the external provider"):
         StackRequest(provider="containers", stack_json=tmp_path / "stack.json")
+    with pytest.raises(ConfigurationError, match="starts no Prometheus"):
+        StackRequest(
+            provider="external", stack_json=tmp_path / "stack.json", prometheus=PrometheusSettings()
+        )
 
 
 # --------------------------------------------------------------------------- exceptions

@@ -157,7 +157,7 @@ def cpu_lines(result: GateResult) -> list[str]:
         lines.append(
             f"- platform CPU per request {_ms2(per.get('platform'))} ms, without password "
             f"hashing {_ms2(cpu.platform_ms_without_hashing)} ms ({parts}); "
-            f"{cpu.cores_busy} cores busy"
+            f"{cpu.cores_busy} cores busy" + _intervals(result.prometheus_intervals_s)
         )
         if each := cpu.hashing_ms_each:
             lines.append(
@@ -183,3 +183,10 @@ def _ms2(value: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}"
+
+
+def _intervals(intervals: tuple[float, float] | None) -> str:
+    """How often Prometheus scraped and evaluated (part of what the CPU paid for)."""
+    if intervals is None:
+        return ""
+    return f"; Prometheus scraping every {intervals[0]:g} s, rules every {intervals[1]:g} s"

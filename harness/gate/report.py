@@ -116,7 +116,12 @@ def _uptime(target: TargetUptime) -> str:
 
 
 def targets_line(result: GateResult) -> str:
-    """One sentence on the scrape targets over the window."""
+    """One sentence on the scrape targets over the window (and how often
+    Prometheus scraped them and evaluated its rules, when known)."""
+    return _targets_sentence(result) + _intervals_sentence(result)
+
+
+def _targets_sentence(result: GateResult) -> str:
     targets = result.target_uptime
     if targets is None:
         return (
@@ -132,6 +137,16 @@ def targets_line(result: GateResult) -> str:
         f"Scrape targets over the window: {len(down)} of {len(targets)} down at times: "
         + "; ".join(f"{t.label} {_uptime(t)}" for t in down)
         + "."
+    )
+
+
+def _intervals_sentence(result: GateResult) -> str:
+    if result.prometheus_intervals_s is None:
+        return ""
+    scrape, evaluation = result.prometheus_intervals_s
+    return (
+        f" Prometheus scraped every {scrape:g} s and evaluated its rules every "
+        f"{evaluation:g} s (its CPU, and each target's, is in the CPU figures)."
     )
 
 

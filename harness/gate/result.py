@@ -54,6 +54,9 @@ class GateResult:
     target_uptime: tuple[TargetUptime, ...] | None = ()
     # the histogram bucket each percentile objective's value falls in (seconds)
     buckets: dict[str, Bucket] = field(default_factory=dict)
+    # how often the stack's Prometheus scraped and evaluated its rules, in s
+    # (None: not read; every scrape costs each target CPU, in the figures)
+    prometheus_intervals_s: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The run as JSON-ready data (what report.json holds)."""

@@ -49,6 +49,10 @@ from harness.gate.verdict import decide_verdict
 from harness.progress import Progress, printer
 from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers import RunningStack, StackRequest, open_stack
+from harness.providers.prometheus import (
+    PrometheusSettings,
+    at_deployment_evaluation_interval,
+)
 from loadtests.profiles import PROFILES
 
 EXIT_GO, EXIT_NO_GO, EXIT_BROKEN = 0, 1, 2
@@ -160,6 +164,11 @@ class GateRun:
             service_env=(("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"), *self.config.service_env)
             if self.config.provider != "external"
             else (),
+            # scrapes every second (the drill's windows are seconds long), the
+            # rules as often as the deployment: the gate reads none of them
+            prometheus=at_deployment_evaluation_interval(PrometheusSettings())
+            if self.config.provider != "external"
+            else None,
         )
         return resources.enter_context(open_stack(request, progress=self.progress))
 
@@ -286,6 +295,7 @@ class GateRun:
             cpu=load.cpu,
             series=figures.series,
             targets=figures.targets,
+            prometheus_intervals_s=figures.prometheus_intervals_s,
             notes=load.notes + figures.notes + evaluation.notes + decision.notes,
             timings_s=timings,
             baseline_from=baseline_from,

@@ -205,6 +205,8 @@ class WindowFigures:
     endpoint_p95_ms: dict[str, float]
     targets: tuple[int, int] | None
     notes: tuple[str, ...]
+    # (scrape, rule evaluation) intervals of the stack's Prometheus, in seconds
+    prometheus_intervals_s: tuple[float, float] | None = None
 
 
 def window_figures(
@@ -229,7 +231,12 @@ def window_figures(
     except PrometheusError as error:  # reported, not fatal: the SLOs come from the TSDB
         notes.append(f"could not read the Prometheus targets: {error}")
         targets = None
-    return WindowFigures(series, endpoint_p95_ms, targets, tuple(notes))
+    try:
+        intervals = (reader.scrape_interval_s(), reader.evaluation_interval_s())
+    except PrometheusError as error:
+        notes.append(f"could not read Prometheus's configuration: {error}")
+        intervals = None
+    return WindowFigures(series, endpoint_p95_ms, targets, tuple(notes), intervals)
 
 
 def endpoint_p95(

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from harness.exceptions import ConfigurationError
 from harness.progress import Progress
+from harness.providers.prometheus import PrometheusSettings
 from harness.stack import Stack
 
 PROVIDERS = ("local", "external", "containers")
@@ -131,6 +132,8 @@ class StackRequest:
     - ``base_dir``: where the run directory is made (``None``: the system temp dir).
     - ``startup_timeout_s``: how long each component may take to become ready
       (``None``: the provider's default, 30 s local, 90 s containers).
+    - ``prometheus``: Prometheus's intervals and rules (``None``: the provider's
+      default, everything every second so tests see data fast).
     """
 
     provider: str = "local"
@@ -139,6 +142,7 @@ class StackRequest:
     keep_dir: bool = False
     base_dir: Path | None = None
     startup_timeout_s: float | None = None
+    prometheus: PrometheusSettings | None = None
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -155,6 +159,10 @@ class StackRequest:
             )
         if self.provider == "external" and self.service_env:
             raise ConfigurationError("the external provider starts no service: no service_env")
+        if self.provider == "external" and self.prometheus is not None:
+            raise ConfigurationError(
+                "the external provider starts no Prometheus: no Prometheus settings"
+            )
         if self.startup_timeout_s is not None and self.startup_timeout_s <= 0:
             raise ConfigurationError(
                 f"startup_timeout_s must be positive, not {self.startup_timeout_s}"
@@ -183,6 +191,8 @@ def open_stack(
     }
     if request.startup_timeout_s is not None:
         options["startup_timeout_s"] = request.startup_timeout_s
+    if request.prometheus is not None:
+        options["prometheus"] = request.prometheus
     if request.provider == "local":
         from harness.providers.local import LocalStackConfig, supervised_local_stack
 

@@ -131,6 +131,8 @@ def test_smoke_gate_says_go_writes_every_report_and_warns_without_failing(tmp_pa
         report["memory_mb"]["idle"] and report["memory_mb"]["peak"] >= report["memory_mb"]["idle"]
     )
     assert report["targets"][0] == report["targets"][1] > 0  # every Prometheus target up
+    # scraped every second, the rules evaluated as often as the deployment does
+    assert report["prometheus_intervals_s"] == [1.0, 15.0]
     # the resilience drill ran under its own load, after the SLO window, and is reported
     drill = report["recovery"]
     assert drill["status"] == "PASS", drill["reason"]

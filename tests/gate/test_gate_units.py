@@ -6,6 +6,7 @@ a metrics page the test fills and takes down at will.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -566,7 +567,7 @@ def _unverifiable_result() -> GateResult:
 
 
 def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_path):
-    result = _unverifiable_result()
+    result = dataclasses.replace(_unverifiable_result(), prometheus_intervals_s=(1.0, 15.0))
     assert result.objectives[0].status is Status.NOT_VERIFIABLE
     assert result.objectives[1].status is Status.PASS  # no threshold ratio default here
     paths = write_reports(result, tmp_path)
@@ -582,6 +583,8 @@ def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_pat
     assert "| NOT VERIFIABLE |" in markdown
     assert "3 samples in the window, at least 20 needed" in markdown  # the reason, spelled out
     assert "users/127.0.0.1:2 DOWN at times: up 90.0% of 60 scrapes" in markdown
+    assert "Prometheus scraped every 1 s and evaluated its rules every 15 s" in markdown
+    assert GateResult.read(paths["json"]).prometheus_intervals_s == (1.0, 15.0)
     assert "| error_ratio | 0.000 % | 5,000 |" in markdown
     html = paths["html"].read_text()
     assert "NOT VERIFIABLE" in html and "too few: at least 20 needed" in html

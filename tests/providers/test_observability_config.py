@@ -20,6 +20,7 @@ from harness.providers.local import LocalStackConfig
 from harness.providers.prometheus import (
     PrometheusSettings,
     ScrapeJob,
+    at_deployment_evaluation_interval,
     format_duration,
     parse_duration,
     render_prometheus_config,
@@ -69,6 +70,25 @@ def test_prometheus_settings_and_stack_config_refuse_nonsense():
         PrometheusSettings(scrape_interval_s=0)
     with pytest.raises(ConfigurationError, match="instances_per_service"):
         LocalStackConfig(instances_per_service=0)
+
+
+def test_the_gate_s_rule_evaluation_interval_is_the_deployment_s(tmp_path):
+    # read from compose/prometheus/prometheus.yml (15 s), the scrape left at 1 s
+    settings = at_deployment_evaluation_interval(PrometheusSettings(scrape_interval_s=1.0))
+    assert (settings.scrape_interval_s, settings.evaluation_interval_s) == (1.0, 15.0)
+    changed = tmp_path / "prometheus.yml"
+    changed.write_text("global:\n  scrape_interval: 15s\n  evaluation_interval: 30s\n")
+    moved = at_deployment_evaluation_interval(PrometheusSettings(), deployment_config=changed)
+    assert moved.evaluation_interval_s == 30.0
+    changed.write_text("global:\n  scrape_interval: 15s\n")
+    with pytest.raises(
+        ConfigurationError, match=r"prometheus\.yml: cannot read global\.evaluation"
+    ):
+        at_deployment_evaluation_interval(PrometheusSettings(), deployment_config=changed)
+    with pytest.raises(ConfigurationError, match=r"missing\.yml: cannot read"):
+        at_deployment_evaluation_interval(
+            PrometheusSettings(), deployment_config=tmp_path / "missing.yml"
+        )
 
 
 def test_a_missing_binary_names_its_debian_package(tmp_path):
