@@ -86,22 +86,28 @@ class PrometheusClient:
     def scrape_interval_s(self) -> float:
         """The global scrape interval of the running configuration (1 s locally, 15 s
         in the compose deployment): how long "the next scrape" can take."""
-        return self._global_interval_s("scrape_interval")
+        return self.intervals_s()[0]
 
     def evaluation_interval_s(self) -> float:
         """The global rule evaluation interval of the running configuration (1 s on
         the local stack of the tests, 15 s in the compose deployment and on the
         release gate's stacks): how long a recording rule or alert can lag."""
-        return self._global_interval_s("evaluation_interval")
+        return self.intervals_s()[1]
 
-    def _global_interval_s(self, name: str) -> float:
+    def intervals_s(self) -> tuple[float, float]:
+        """(scrape, rule evaluation) global intervals of the running configuration,
+        read in one request."""
         import yaml
 
         from harness.providers.prometheus import parse_duration
 
         config = yaml.safe_load(self._get("/api/v1/status/config")["yaml"])
+        settings = config.get("global", {})
         # Prometheus's own default for both is one minute
-        return parse_duration(config.get("global", {}).get(name, "1m"))
+        return (
+            parse_duration(settings.get("scrape_interval", "1m")),
+            parse_duration(settings.get("evaluation_interval", "1m")),
+        )
 
     # -- queries
 

@@ -148,8 +148,7 @@ def test_every_dashboard_query_runs_and_returns_data(compose_dir, prometheus, ap
     # 20 s on the tests' stack (scrapes and rules every second); four more scrapes
     # or rule evaluations where they are slower (the compose deployment does both
     # every 15 s, as the spec says; the release gate's stacks evaluate every 15 s)
-    slowest = max(prometheus.scrape_interval_s(), prometheus.evaluation_interval_s())
-    timeout = 20 + 4 * slowest
+    timeout = 20 + 4 * max(prometheus.intervals_s())
     wait_until(settled, timeout=timeout, interval=1.0, what="every dashboard query to return data")
     report = "\n".join(f"  {d} / {p}: {e}\n    {problem}" for (d, p, e), problem in last.items())
     assert last == {}, f"{len(last)} of {len(queries)} dashboard queries fail:\n{report}"

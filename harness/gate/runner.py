@@ -157,19 +157,21 @@ class GateRun:
 
     def _open_stack(self, resources: ExitStack) -> RunningStack:
         """The stack, and the supervisor that can kill and restart its parts (if any)."""
-        request = StackRequest(
-            provider=self.config.provider,
-            stack_json=self.config.stack_json,
-            # tokens that expire during the run, so refreshes are part of the load
-            service_env=(("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"), *self.config.service_env)
-            if self.config.provider != "external"
-            else (),
-            # scrapes every second (the drill's windows are seconds long), the
-            # rules as often as the deployment: the gate reads none of them
-            prometheus=at_deployment_evaluation_interval(PrometheusSettings())
-            if self.config.provider != "external"
-            else None,
-        )
+        if self.config.provider == "external":  # started elsewhere: nothing to set
+            request = StackRequest(provider="external", stack_json=self.config.stack_json)
+        else:
+            request = StackRequest(
+                provider=self.config.provider,
+                stack_json=self.config.stack_json,  # refused here: it names no stack to start
+                # tokens that expire during the run, so refreshes are part of the load
+                service_env=(
+                    ("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"),
+                    *self.config.service_env,
+                ),
+                # scrapes every second (the drill's windows are seconds long), the
+                # rules as often as the deployment: the gate reads none of them
+                prometheus=at_deployment_evaluation_interval(PrometheusSettings()),
+            )
         return resources.enter_context(open_stack(request, progress=self.progress))
 
     def _load_config(self, gateway: str, stack_json: Path, users: int) -> LoadRunConfig:

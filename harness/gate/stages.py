@@ -232,7 +232,7 @@ def window_figures(
         notes.append(f"could not read the Prometheus targets: {error}")
         targets = None
     try:
-        intervals = (reader.scrape_interval_s(), reader.evaluation_interval_s())
+        intervals = reader.intervals_s()
     except PrometheusError as error:
         notes.append(f"could not read Prometheus's configuration: {error}")
         intervals = None
