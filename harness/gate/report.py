@@ -159,6 +159,17 @@ def _e(text: str) -> str:
     return html.escape(text)
 
 
+def _windows(window: tuple[float, float], evidence: tuple[float, float] | None) -> str:
+    """``Load window A → B (N s)``, and what Prometheus was read over when that differs."""
+    text = f"Load window {_span(window)}"
+    if evidence is None or evidence == window:
+        return text
+    return (
+        f"{text}; server-side figures read over {_span(evidence)}, from a scrape of every "
+        "target before its first request to one after its last"
+    )
+
+
 def _span(window: tuple[float, float]) -> str:
     """``2026-11-24 00:00:00 UTC → 2026-11-24 00:01:00 UTC (60 s)``."""
     return f"{_when(window[0])} → {_when(window[1])} ({window[1] - window[0]:.0f} s)"
@@ -287,7 +298,9 @@ def _md_run(result: GateResult) -> str:
         f"Run `{result.run_id}`, profile `{result.profile}`, provider `{result.provider}`, "
         f"load {result.load_mode}."
     )
-    return text + (f"\nLoad window {_span(result.window)}." if result.window else "")
+    if result.window is None:
+        return text
+    return f"{text}\n{_windows(result.window, result.evidence_window)}."
 
 
 def _md_objectives(result: GateResult) -> str:
@@ -552,7 +565,7 @@ def _html_heading(result: GateResult) -> str:
         f"<p>Run <code>{_e(result.run_id)}</code> · profile <b>{_e(result.profile)}</b> · "
         f"provider {_e(result.provider)} · load {_e(result.load_mode)}"
     )
-    window = f" · window {_span(result.window)}" if result.window else ""
+    window = f" · {_e(_windows(result.window, result.evidence_window))}" if result.window else ""
     return f'<h1 style="color:{colour}">{_e(_headline(result))}</h1>\n{run}{window}</p>'
 
 

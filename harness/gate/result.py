@@ -57,6 +57,9 @@ class GateResult:
     # how often the stack's Prometheus scraped and evaluated its rules, in s
     # (None: not read; every scrape costs each target CPU, in the figures)
     prometheus_intervals_s: tuple[float, float] | None = None
+    # what the server-side figures were read over: the load window with a scrape
+    # of every target on each side (harness.gate.scrapes); None: the load window
+    evidence_window: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The run as JSON-ready data (what report.json holds)."""

@@ -233,7 +233,7 @@ class GateRun:
             load = load_stage(load_config, profile, supervisor, reader, progress=progress)
             timings["load"] = load.duration_s
             # the SLO window's own figures, before the drill breaks anything
-            figures = window_figures(reader, load.client, load.window)
+            figures = window_figures(reader, load.client, load.evidence_window)
 
             started = time.monotonic()
             drill = drill_stage(
@@ -255,7 +255,7 @@ class GateRun:
             evaluation = evaluation_stage(
                 slo,
                 reader,
-                load.window,
+                load.evidence_window,
                 profile=config.profile,
                 client=load.client,
                 drill=drill,
@@ -284,6 +284,7 @@ class GateRun:
             load_mode=self.config.load_mode,
             verdict=decision.verdict,
             window=load.window,
+            evidence_window=load.evidence_window,
             objectives=results,
             queries=readings.queries,
             sample_queries=readings.sample_queries,

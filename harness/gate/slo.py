@@ -19,8 +19,10 @@ server involved (the gate fetches the numbers from Prometheus).
         min_samples: 20             # fewer requests in the window: NOT VERIFIABLE
         samples_query: sum(increase(..._count[$window]))   # derived when left out
 
-``$window`` in a query is replaced by the load window (e.g. ``300s``) and the
-query is evaluated at the window's end, so the figure covers exactly the load.
+``$window`` in a query is replaced by the evidence window's length (e.g.
+``303s``) and the query is evaluated at its end. The evidence window is the
+load window with a scrape of every target on each side and nothing but the
+load in between (``harness.gate.scrapes``), so the figure covers the whole load.
 
 A figure is only as good as what it was computed from. An objective is NOT
 VERIFIABLE (it blocks a go like a failure, and says why) when its query
@@ -29,11 +31,13 @@ returned nothing, NaN or infinity, when it rests on fewer samples than
 (``Evidence``). The sample count comes from ``samples_query``, or is derived:
 
 - a percentile (``histogram_quantile(q, ... X_bucket{sel}[$window] ...)``)
-  counts ``X_count{sel}`` over the window, and needs at least ``1 / (1 - q)``
-  samples by default (20 for a p95, 100 for a p99): with fewer, not one sample
-  is expected above the percentile, so the tail it is named after was never seen;
-- a ratio (``unit: ratio``, ``A / B``) counts the denominator ``B``'s series over
-  the window, and needs by default enough events for one of them to be told
+  counts ``X_count{sel}``'s growth over the window (its sum at the end minus
+  its sum at the start: exact, where ``increase()`` extrapolates), and needs
+  at least ``1 / (1 - q)`` samples by default (20 for a p95, 100 for a p99):
+  with fewer, not one sample is expected above the percentile, so the tail it
+  is named after was never seen;
+- a ratio (``unit: ratio``, ``A / B``) counts the growth of the denominator
+  ``B``'s series over the window, and needs by default enough events for one of them to be told
   from the threshold: ``1 / t`` below a threshold ``t`` (100 for ``< 1 %``),
   ``1 / (1 - t)`` above it (1000 for ``> 99.9 %``).
 
@@ -204,15 +208,26 @@ def _window_selectors(promql: str) -> set[tuple[str, str]]:
 
 
 def derive_percentile_samples_query(query: str) -> str | None:
-    """``sum(increase(X_count{sel}[$window]))`` for a quantile over ``X_bucket{sel}``;
-    None unless the query reads exactly one bucket series selection."""
+    """``X_count{sel}``'s growth over the window (``window_growth``) for a quantile
+    over ``X_bucket{sel}``; None unless the query reads exactly one bucket series
+    selection."""
     buckets = {(m, sel) for m, sel in _window_selectors(query) if m.endswith("_bucket")}
     if len(buckets) != 1:
         return None
     ((metric, matchers),) = buckets
     if re.search(r"\ble\s*[=!]", matchers):
         return None  # a bucket picked by le: its count is not the histogram's
-    return f"sum(increase({metric.removesuffix('_bucket')}_count{matchers}[$window]))"
+    return window_growth(f"{metric.removesuffix('_bucket')}_count{matchers}")
+
+
+def window_growth(series: str) -> str:
+    """PromQL for how much the counters ``series`` grew over the window: their sum
+    at its end minus their sum at its start (0 for a series born in it), exact
+    where ``increase()`` would extrapolate to the window's edges. A counter reset
+    in the window (a restarted process) makes it short, never long; the gate's
+    evidence window (``harness.gate.scrapes``) has a scrape of every target at
+    both edges and no restart."""
+    return f"sum({series}) - (sum({series} offset $window) or vector(0))"
 
 
 def _top_level_divisions(promql: str) -> list[int]:
@@ -238,8 +253,9 @@ def _top_level_divisions(promql: str) -> list[int]:
 
 
 def derive_ratio_samples_query(query: str) -> str | None:
-    """For ``A / B``: ``sum(increase(B's series[$window]))``, the events the ratio is
-    a share of; None unless the denominator reads exactly one series selection."""
+    """For ``A / B``: the growth of B's series over the window (``window_growth``),
+    the events the ratio is a share of; None unless the denominator reads exactly
+    one series selection."""
     divisions = _top_level_divisions(query)
     if not divisions:
         return None
@@ -247,7 +263,7 @@ def derive_ratio_samples_query(query: str) -> str | None:
     if len(selectors) != 1:
         return None
     ((metric, matchers),) = selectors
-    return f"sum(increase({metric}{matchers}[$window]))"
+    return window_growth(f"{metric}{matchers}")
 
 
 # --- loading with line numbers ----------------------------------------------
@@ -422,8 +438,8 @@ def _missing_evidence(objective: Objective, evidence: Evidence) -> str | None:
 
 
 def format_count(samples: float) -> str:
-    """A sample count as read: ``increase()`` extrapolates, so 19.7 is shown as
-    19.7 (never rounded up to a minimum it does not reach)."""
+    """A sample count as read: a ``samples_query`` with ``increase()`` extrapolates,
+    so 19.7 is shown as 19.7 (never rounded up to a minimum it does not reach)."""
     if not math.isfinite(samples):
         return str(samples)
     return f"{samples:,.0f}" if samples == round(samples) else f"{samples:,.1f}"

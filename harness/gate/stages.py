@@ -14,16 +14,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.exceptions import ConfigurationError, PrometheusError, WaitTimeout
+from harness.exceptions import ConfigurationError, PrometheusError
 from harness.gate.buckets import Bucket, objective_buckets
 from harness.gate.cpu import CpuUse, sample_cpu
 from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.evidence import Readings, read_objectives
 from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
 from harness.gate.memory import PeakMemory, megabytes, tree_rss_bytes
+from harness.gate.scrapes import evidence_window, quiet_start
 from harness.gate.slo import ObjectiveResult, SloFile, evaluate
 from harness.gate.suites import SuiteResults, run_suites
-from harness.processes import wait_until
 from harness.progress import Progress
 from harness.prometheus_api import PrometheusClient
 from harness.providers import Supervisor
@@ -86,6 +86,9 @@ class LoadStage:
     cpu: CpuUse | None
     memory_mb: dict[str, float | None]
     notes: tuple[str, ...]
+    # what Prometheus's figures are read over: the load window with a scrape of
+    # every target on each side and nothing else in it (harness.gate.scrapes)
+    evidence_window: tuple[float, float]
 
     @property
     def window(self) -> tuple[float, float]:
@@ -100,8 +103,9 @@ def load_stage(
     *,
     progress: Progress,
 ) -> LoadStage:
-    """Run the profile; sample the stack's CPU and memory over it; wait until
-    Prometheus has scraped past its end."""
+    """Run the profile over an evidence window (``harness.gate.scrapes``); sample
+    the stack's CPU and memory over the load."""
+    start = quiet_start(reader, progress=progress)
     pids = supervisor.pids() if supervisor is not None else []
     idle = tree_rss_bytes(pids)
     components = component_pids(supervisor)
@@ -114,8 +118,7 @@ def load_stage(
     notes = [client.capacity.line] if client.capacity is not None else []
     notes += [f"client-side figures are unreliable: {why}" for why in client.unreliable_because]
     window = (client.started_at, client.ended_at)
-    if not wait_for_last_scrape(reader, window[1]):
-        progress("warning: Prometheus did not scrape past the load window within 30 s")
+    evidence = evidence_window(reader, start, window[1], progress=progress)
     cpu = None
     if components:
         hashing, hashing_notes = password_hashing(reader, window)
@@ -137,6 +140,7 @@ def load_stage(
         cpu=cpu,
         memory_mb={"idle": megabytes(idle), "peak": megabytes(peak.peak)},
         notes=tuple(notes),
+        evidence_window=evidence,
     )
 
 
@@ -146,25 +150,6 @@ def component_pids(supervisor: Supervisor | None) -> dict[str, int]:
         return {}
     pids = {name: supervisor.pid(name) for name in supervisor.components}
     return {name: pid for name, pid in pids.items() if pid is not None}
-
-
-def wait_for_last_scrape(reader: PrometheusClient, end: float, *, timeout_s: float = 30) -> bool:
-    """Wait until Prometheus has scraped every target past ``end``; False when it
-    did not in time. (Every target: each is scraped at an offset of its own, and
-    the newest scrape of one says nothing of the auth service's counters.)"""
-
-    def scraped_past_end() -> bool:
-        try:
-            newest = reader.instant("min(timestamp(up))", time.time())
-        except PrometheusError:
-            return False
-        return newest is not None and newest >= end
-
-    try:
-        wait_until(scraped_past_end, timeout=timeout_s, interval=0.5, what="the last scrape")
-    except WaitTimeout:  # said as a warning: the figures are read anyway
-        return False
-    return True
 
 
 def password_hashing(
@@ -332,6 +317,5 @@ __all__ = [
     "password_hashing",
     "prometheus_url",
     "suites_stage",
-    "wait_for_last_scrape",
     "window_figures",
 ]

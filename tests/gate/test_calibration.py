@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.gate.evidence import objective_value, read_objectives
 from harness.gate.loadrun import ClientFigures, EndpointFigures, LoadRunConfig, run_load
+from harness.gate.scrapes import evidence_window, quiet_start
 from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     ObjectiveResult,
@@ -318,17 +318,6 @@ objectives:
 # --- the calibrated run ----------------------------------------------------------------------
 
 
-def _wait_for_scrapes_past(reader: PrometheusClient, end: float) -> None:
-    """Until every target has been scraped after ``end`` (the gate waits for one)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        newest = reader.instant("min(timestamp(up))", time.time())
-        if newest is not None and newest > end:
-            return
-        time.sleep(0.25)
-    raise AssertionError("Prometheus did not scrape every target past the load window in 30 s")
-
-
 @pytest.fixture(scope="module")
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     if request.config.getoption("--stack") == "external":
@@ -372,6 +361,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         stack.write_json(stack_json)
         wait_for_stack_targets(stack, timeout_s=30)
         reader = PrometheusClient(stack.prometheus_url or "")
+        start = quiet_start(reader, progress=lambda line: None)  # the gate's evidence window
         before = server_counts(stack)
         client = run_load(
             LoadRunConfig(
@@ -386,9 +376,8 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             timeout_s=120,
         )
         after = server_counts(stack)
-        _wait_for_scrapes_past(reader, client.ended_at)
         yield Run(
-            window=(client.started_at, client.ended_at),
+            window=evidence_window(reader, start, client.ended_at, progress=lambda line: None),
             client=client,
             before=before,
             after=after,
@@ -415,6 +404,21 @@ def test_the_truth_is_known_the_window_holds_only_the_calibrated_load(run: Run):
     predicted = sum(1 for n in reads if run.plan.outcome("GET", "/clinics/me", n).failure)
     assert run.counts["GET", "/clinics/me", "500"] == predicted > 0
     assert run.endpoint("GET", "/clinics/me").failures == predicted
+
+
+def test_the_gate_counts_exactly_the_requests_the_services_answered(run: Run):
+    """Over the gate's evidence window the default file's sample counts are the
+    services' own counters, to the request: the sign-ins of the load's first
+    second included, and no ``increase()`` extrapolation to the window's edges."""
+    readings = read_objectives(load_slo_file(DEFAULT_SLO_FILE), run.reader, run.window)
+    writes = ("POST", "PATCH", "DELETE")
+    truths = {
+        "p95_login": sum(n for (_, r, _), n in run.counts.items() if r == "/auth/login"),
+        "p95_writes": sum(n for (m, _, _), n in run.counts.items() if m in writes),
+    }
+    assert truths["p95_login"] >= SIGNERS, truths
+    for name, truth in truths.items():
+        assert readings.evidence[name].samples == truth, (name, readings.sample_queries[name])
 
 
 def test_every_true_value_has_room_in_its_bucket(run: Run):

@@ -36,6 +36,7 @@ from harness.gate.loadrun import ClientFigures, EndpointFigures, HistoryPoint, r
 from harness.gate.memory import tree_rss_bytes
 from harness.gate.report import write_reports
 from harness.gate.result import GateResult
+from harness.gate.scrapes import evidence_window, quiet_start, wait_for_last_scrape
 from harness.gate.slo import (
     Evidence,
     Objective,
@@ -48,7 +49,7 @@ from harness.gate.slo import (
     load_slo_file,
     verdict,
 )
-from harness.gate.stages import password_hashing, wait_for_last_scrape
+from harness.gate.stages import password_hashing
 from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
 from harness.processes import LOOPBACK, free_ports, wait_until
@@ -567,7 +568,11 @@ def _unverifiable_result() -> GateResult:
 
 
 def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_path):
-    result = dataclasses.replace(_unverifiable_result(), prometheus_intervals_s=(1.0, 15.0))
+    result = dataclasses.replace(
+        _unverifiable_result(),
+        prometheus_intervals_s=(1.0, 15.0),
+        evidence_window=(1_789_999_998.0, 1_790_000_062.0),
+    )
     assert result.objectives[0].status is Status.NOT_VERIFIABLE
     assert result.objectives[1].status is Status.PASS  # no threshold ratio default here
     paths = write_reports(result, tmp_path)
@@ -584,11 +589,16 @@ def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_pat
     assert "3 samples in the window, at least 20 needed" in markdown  # the reason, spelled out
     assert "users/127.0.0.1:2 DOWN at times: up 90.0% of 60 scrapes" in markdown
     assert "Prometheus scraped every 1 s and evaluated its rules every 15 s" in markdown
-    assert GateResult.read(paths["json"]).prometheus_intervals_s == (1.0, 15.0)
+    stored = GateResult.read(paths["json"])
+    assert stored.prometheus_intervals_s == (1.0, 15.0)
+    assert stored.evidence_window == (1_789_999_998.0, 1_790_000_062.0)
+    assert "(60 s); server-side figures read over" in markdown
+    assert "(64 s), from a scrape of every target" in markdown
     assert "| error_ratio | 0.000 % | 5,000 |" in markdown
     html = paths["html"].read_text()
     assert "NOT VERIFIABLE" in html and "too few: at least 20 needed" in html
     assert "Scrape targets over the window" in html and "sum(increase(h_count[60s]))" in html
+    assert "server-side figures read over" in html
     junit = ET.parse(paths["junit"]).getroot().find("testsuite[@name='slo']")
     assert junit is not None and junit.get("failures") == "1"
     failure = junit.find("testcase[@name='p95_overall']/failure")
@@ -707,6 +717,44 @@ def test_live_password_hashing_counts_the_sign_ins_of_the_window_s_first_moments
     assert notes == ()
     seconds, count = hashing["verify"]
     assert count == 3 and seconds > 0, hashing
+
+
+def test_live_the_evidence_window_counts_a_load_to_its_edges(stack: Stack, tenant: Tenant):
+    """The gate's evidence window (``harness.gate.scrapes``) around a load whose
+    sign-ins come in its first and last moments, before and after any scrape of the
+    load: the default file's p95_login rests on exactly those six, and not on the
+    sign-in just before the window (the suites' last request). The defect it fixes:
+    read over the load window alone, ``increase()`` misses the edges and guesses at
+    them (a smoke run's 19 sign-ins were counted 19.6)."""
+    assert stack.prometheus_url, "the suites' stack has a Prometheus"
+    reader = PrometheusClient(stack.prometheus_url)
+    login = _one("p95_login", load_slo_file())
+    wait_for_stack_targets(stack, timeout_s=30)
+    tenant.login("admin")  # the suites' last request: before the window
+    start = quiet_start(reader, progress=lambda line: None)
+    load_started = time.time()
+    roles = ("admin", "manager", "staff")
+    for role in roles:
+        tenant.login(role)
+    time.sleep(2 * reader.scrape_interval_s())
+    for role in roles:
+        tenant.login(role)
+    load_ended = time.time()
+    window = evidence_window(reader, start, load_ended, progress=lambda line: None)
+    assert window[0] < load_started and window[1] > load_ended
+    assert (window[1] - window[0]) == round(window[1] - window[0])  # whole seconds
+
+    result, readings = _evaluate(login, reader, window)
+    assert result.samples == 6, readings.sample_queries
+    assert readings.values["p95_login"] is not None
+
+    bare = round(load_ended - load_started)
+    old_count = reader.value(
+        f'sum(increase(http_server_request_duration_seconds_count{{route="/auth/login"}}'
+        f"[{bare}s]))",
+        load_ended,
+    )
+    assert old_count is None or abs(old_count - 6) > 0.01, old_count
 
 
 # --- evidence from a real Prometheus of this module's own ----------------------------------

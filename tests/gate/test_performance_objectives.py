@@ -25,9 +25,9 @@ requests through HAProxy:
   ``gateway_overhead`` FAILS, HAProxy's queue time is several times the
   service's own mean time for the route, which its timer sees alone.
 
-Every window lies between two scrapes of every target (the gate waits for one
-after the load, too), and the windows follow one another, so each holds only
-its own requests.
+Every window is the gate's evidence window (``harness.gate.scrapes``): a scrape
+of every target before its first request and after its last, and the windows
+follow one another, so each holds only its own requests.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import httpx
 import pytest
 
 from harness.gate.evidence import read_objectives
+from harness.gate.scrapes import evidence_window, quiet_start
 from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     ObjectiveResult,
@@ -67,8 +68,7 @@ FAULTS = "; ".join(
 )
 #: Requests that pass a backend past the 1024 HAProxy's averages are over.
 WARM_UP_REQUESTS = 1100
-#: A window's requests through HAProxy: ``gateway_overhead`` needs 1024 as counted
-#: by ``increase()``, which leaves out what came before the window's first scrape.
+#: A window's requests through HAProxy: ``gateway_overhead`` needs 1024, with room.
 GATEWAY_REQUESTS = 1400
 OBJECTIVES = ("p95_db_query", "p95_cache_hit", "gateway_overhead")
 
@@ -90,21 +90,16 @@ class PerfStack:
         )
 
     def window(self, drive: Callable[[], None]) -> tuple[float, float]:
-        """``drive()`` inside a window of at least three scrape intervals, then wait
-        until every target was scraped after it. (A window shorter than two
-        scrapes has no ``rate()`` at all: on a fast host the 1,400 requests of
-        ``normal_window`` took 1.3 s and every objective was "no data".)"""
-        start = time.time()
+        """``drive()`` inside the gate's evidence window (``harness.gate.scrapes``: a
+        scrape of every target before and after it), at least three scrape intervals
+        long. (A window shorter than two scrapes has no ``rate()`` at all: on a fast
+        host the 1,400 requests of ``normal_window`` took 1.3 s and every objective
+        was "no data".)"""
+        start = quiet_start(self.reader, progress=_silent)
+        began = time.time()
         drive()
-        time.sleep(max(0.0, start + 3 * self.reader.scrape_interval_s() - time.time()))
-        end = time.time()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            newest = self.reader.instant("min(timestamp(up))", time.time())
-            if newest is not None and newest > end + 0.05:
-                return start, end
-            time.sleep(0.25)
-        raise AssertionError("Prometheus did not scrape every target past the window in 30 s")
+        time.sleep(max(0.0, began + 3 * self.reader.scrape_interval_s() - time.time()))
+        return evidence_window(self.reader, start, time.time(), progress=_silent)
 
     def judge(self, name: str, window: tuple[float, float]) -> ObjectiveResult:
         """The default file's objective ``name`` over ``window``, as the gate judges it."""
@@ -117,6 +112,10 @@ class PerfStack:
     def figure(self, promql: str, window: tuple[float, float]) -> float | None:
         seconds = max(1, round(window[1] - window[0]))
         return self.reader.instant(promql.replace("$window", f"{seconds}s"), window[1])
+
+
+def _silent(line: str) -> None:
+    """Progress lines of the gate's waits, not shown in the tests."""
 
 
 def _get_all(client: httpx.Client, path: str, times: int) -> None:

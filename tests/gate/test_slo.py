@@ -22,6 +22,7 @@ from harness.gate.slo import (
     render_query,
     render_samples_query,
     verdict,
+    window_growth,
 )
 
 
@@ -198,12 +199,14 @@ def p95(**overrides) -> Objective:
 def test_the_default_file_counts_every_prometheus_objectives_samples():
     slo = load_slo_file(DEFAULT_SLO_FILE)
     by_name = {o.name: o for o in slo.objectives}
+    # the counter at the window's end minus at its start: no extrapolation
+    login = f'{HISTOGRAM}_count{{route="/auth/login"}}'
     assert render_samples_query(by_name["p95_login"], 60) == (
-        f'sum(increase({HISTOGRAM}_count{{route="/auth/login"}}[60s]))'
+        f"sum({login}) - (sum({login} offset 60s) or vector(0))"
     )
     # a ratio is a share of its denominator's requests
     assert render_samples_query(by_name["availability"], 60) == (
-        f"sum(increase({HISTOGRAM}_count[60s]))"
+        f"sum({HISTOGRAM}_count) - (sum({HISTOGRAM}_count offset 60s) or vector(0))"
     )
     for o in slo.objectives:
         if o.source == "prometheus":
@@ -233,7 +236,7 @@ def test_default_minimum_samples(query, fields, needed):
 def test_a_route_with_a_slash_inside_its_matcher_is_not_a_division():
     # the "/" of the route regex is inside a string: the only division is the top-level one
     ratio = objective(query=RATIO_QUERY.replace('"5.."', '"5..",route!~"/health|/x"'), unit="ratio")
-    assert ratio.sample_count_query == f"sum(increase({HISTOGRAM}_count[$window]))"
+    assert ratio.sample_count_query == window_growth(f"{HISTOGRAM}_count")
     two_histograms = f"{P95_QUERY} - {P95_QUERY.replace('route!~', 'route=~')}"
     with pytest.raises(ValueError, match="a percentile must say how many samples it rests on"):
         objective(query=two_histograms)  # which count? the file must say
