@@ -142,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    return handler(args)
+    # SIGTERM (a CI timeout, `timeout`, `kill`) unwinds like Ctrl-C: every command
+    # stops what it started on the way out, instead of dying with it running
+    with _sigterm_as_interrupt():
+        return handler(args)
 
 
 # --------------------------------------------------------------------------- up

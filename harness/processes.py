@@ -192,7 +192,9 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return preexec
 
 
-_PREEXEC = _parent_death_signal()
+#: ``preexec_fn`` of every child the harness starts: it dies with the harness
+#: (SIGTERM from Linux when the harness's starting thread ends, even by SIGKILL).
+DIE_WITH_PARENT = _parent_death_signal()
 
 
 class StartedResource:
@@ -288,7 +290,7 @@ class ManagedProcess:
                     env=env,
                     cwd=self.cwd,
                     start_new_session=True,
-                    preexec_fn=_PREEXEC,
+                    preexec_fn=DIE_WITH_PARENT,
                     **kwargs,
                 )
             except OSError as error:

@@ -58,7 +58,7 @@ def add_parser(commands) -> None:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from harness.exceptions import HarnessError
-    from harness.gate.runner import EXIT_BROKEN, GateConfig, GateRun
+    from harness.gate.runner import EXIT_BROKEN, EXIT_INTERRUPTED, GateConfig, GateRun
 
     print(f"benchmark on {machine_line()}", flush=True)
     summaries: list[str] = []
@@ -79,6 +79,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         except HarnessError as error:
             print(f"benchmark: the {profile} run broke: {error}", file=sys.stderr)
             return EXIT_BROKEN
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (harness.cli)
+            print(
+                f"benchmark: interrupted during the {profile} run: everything it started "
+                "was stopped; no report",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         summaries.append(summarise(result, time.monotonic() - started))
     print("\n" + "\n\n".join(summaries), flush=True)
     return 0

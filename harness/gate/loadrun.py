@@ -30,6 +30,7 @@ from pathlib import Path
 
 from harness.exceptions import LoadRunError
 from harness.gate.cpu import GeneratorUse, LateStarts, TreeSampler
+from harness.processes import DIE_WITH_PARENT
 from harness.progress import Progress
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
@@ -390,7 +391,11 @@ def start_load_generator(command: list[str], *, niceness: int, log) -> subproces
     autogroups that file is absent and the ``nice`` of the command line counts.
     """
     process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=DIE_WITH_PARENT,  # never left running when the harness is killed
     )
     with contextlib.suppress(OSError):
         Path(f"/proc/{process.pid}/autogroup").write_text(str(niceness))

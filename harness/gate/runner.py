@@ -56,6 +56,7 @@ from harness.providers.prometheus import (
 from loadtests.profiles import PROFILES
 
 EXIT_GO, EXIT_NO_GO, EXIT_BROKEN = 0, 1, 2
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by Ctrl-C
 
 print_progress = printer("gate")
 
@@ -138,17 +139,21 @@ class GateRun:
         except HarnessError as error:
             self.progress(f"broken run: {error}")
             return EXIT_BROKEN
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (harness.cli)
+            self.progress("interrupted: everything the run started was stopped; no report")
+            return EXIT_INTERRUPTED
         return EXIT_GO if result.verdict is Verdict.GO else EXIT_NO_GO
 
     def execute(self) -> GateResult:
         """Run every stage, write the reports, return what was found. A broken
-        run raises its ``HarnessError`` (with the evidence) and leaves no report."""
+        run raises its ``HarnessError`` (with the evidence) and an interrupted one
+        ``KeyboardInterrupt``; neither leaves a report."""
         slo = load_slo_file(self.config.slo_file)
         # read before anything starts: a bad --baseline FILE is a broken run at once
         baseline = find_baseline(self.config, self.config.reports_dir)
         try:
             result = self._stages(slo, baseline)
-        except HarnessError:
+        except (HarnessError, KeyboardInterrupt):
             shutil.rmtree(self.out_dir, ignore_errors=True)
             raise
         paths = write_reports(result, self.out_dir)

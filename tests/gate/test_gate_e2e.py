@@ -9,12 +9,14 @@ no ``stack`` fixture; they cost about half a minute each.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import psutil
 import pytest
 
 from harness.gate.runner import EXIT_BROKEN, EXIT_GO, EXIT_NO_GO, GateConfig, GateRun
@@ -232,3 +234,42 @@ def test_cli_refuses_bad_flags_with_exit_2(args, message, tmp_path):
     assert completed.returncode == 2, completed.stderr
     assert message in completed.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_sigterm_during_the_load_stops_everything_and_leaves_no_report(tmp_path):
+    """``atendeai gate`` stopped by SIGTERM (a CI timeout, ``timeout``, ``kill``)
+    while Locust runs: exit 130, every process it started (the stack's and the
+    load generator's, each in a session of its own) gone, no half-written report.
+    Before the fix SIGTERM killed the gate at once and Locust ran on."""
+    reports = tmp_path / "reports"
+    gate = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "gate", "--profile", "smoke", "--no-suites",
+         "--no-drill", "--baseline", "none", "--reports-dir", str(reports)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    output: list[str] = []
+    started: list[psutil.Process] = []
+    try:
+        assert gate.stdout is not None
+        for line in gate.stdout:
+            output.append(line)
+            if "load smoke" in line and "users    20" in line:  # Locust is running
+                started = psutil.Process(gate.pid).children(recursive=True)
+                break
+        assert any("locust" in " ".join(p.cmdline()) for p in started), "".join(output)
+        gate.terminate()
+        rest, _ = gate.communicate(timeout=90)
+    finally:
+        if gate.poll() is None:
+            gate.kill()
+    said = "".join(output) + rest
+    assert gate.returncode == 130, said
+    assert "interrupted: everything the run started was stopped; no report" in said
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not reports.exists() or not any(reports.iterdir()), list(reports.iterdir())
+    run_dir = re.search(r"run directory (\S+)", said)
+    assert run_dir is not None and not Path(run_dir.group(1)).exists(), said
