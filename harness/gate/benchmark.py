@@ -173,6 +173,13 @@ def cpu_lines(result: GateResult) -> list[str]:
                     f"{op} {_ms2(ms)} ms x {cpu.hashing[op][1]:,}" for op, ms in each.items()
                 )
             )
+    if phases := result.hashing_p95_ms:
+        lines.append(
+            "- password hashing p95, queued / running (ms): "
+            + ", ".join(
+                f"{op} {_ms(p.get('queued'))} / {_ms(p.get('running'))}" for op, p in phases.items()
+            )
+        )
     generator = result.client.generator if result.client is not None else None
     if generator is not None:
         share = generator.busiest_core_share

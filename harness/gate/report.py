@@ -256,6 +256,22 @@ def cpu_line(cpu: CpuUse) -> str:
     return text + (f"; {cpu.note}" if cpu.note else "") + "."
 
 
+def hashing_line(hashing_p95_ms: dict[str, dict[str, float]]) -> str:
+    """Where a password hash's time went, p95 per operation ('' when not read)."""
+    parts = [
+        f"{op} waited {_num(phases['queued'])} ms for the hashing thread and ran "
+        f"{_num(phases['running'])} ms"
+        for op, phases in hashing_p95_ms.items()
+        if {"queued", "running"} <= phases.keys()
+    ]
+    if not parts:
+        return ""
+    return (
+        "Password hashing, p95 over the window: " + "; ".join(parts) + " (running is bcrypt's "
+        "CPU, given above per hash, plus the time the thread waited for a core)."
+    )
+
+
 def generator_line(generator: GeneratorUse) -> str:
     """The load generator's own cost and whether it kept up."""
     busiest = generator.busiest_core_share
@@ -385,6 +401,7 @@ def render_markdown(result: GateResult) -> str:
         _md_cross_checks(result.cross_checks),
         _md_endpoints(result.client, result.endpoint_p95_ms),
         cpu_line(result.cpu) if result.cpu is not None else "",
+        hashing_line(result.hashing_p95_ms),
         generator_line(generator) if generator is not None else "",
         _md_suites(result.suites),
         _md_drill(result.recovery),
@@ -685,10 +702,12 @@ def _html_endpoints(client: ClientFigures | None, server_p95_ms: dict[str, float
     )
 
 
-def _html_cpu(cpu: CpuUse | None) -> str:
+def _html_cpu(cpu: CpuUse | None, hashing_p95_ms: dict[str, dict[str, float]]) -> str:
+    hashing = hashing_line(hashing_p95_ms)
+    hashing_html = f"<p>{_e(hashing)}</p>" if hashing else ""
     if cpu is None:
-        return ""
-    return f"<h2>CPU of the stack over the load window</h2><p>{_e(cpu_line(cpu))}</p>"
+        return hashing_html
+    return f"<h2>CPU of the stack over the load window</h2><p>{_e(cpu_line(cpu))}</p>{hashing_html}"
 
 
 def _html_generator(generator: GeneratorUse | None) -> str:
@@ -799,7 +818,7 @@ def render_html(result: GateResult) -> str:
         _html_cross_checks(result.cross_checks),
         _html_series(result.series),
         _html_endpoints(result.client, result.endpoint_p95_ms),
-        _html_cpu(result.cpu),
+        _html_cpu(result.cpu, result.hashing_p95_ms),
         _html_generator(_generator(result)),
         _html_memory(result.memory_mb),
         _html_drill(result.recovery),

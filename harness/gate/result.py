@@ -60,6 +60,9 @@ class GateResult:
     # what the server-side figures were read over: the load window with a scrape
     # of every target on each side (harness.gate.scrapes); None: the load window
     evidence_window: tuple[float, float] | None = None
+    # password hashing's p95 per operation and phase (queued, running) over the
+    # window, in ms: why a sign-in takes longer than bcrypt's CPU
+    hashing_p95_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The run as JSON-ready data (what report.json holds)."""

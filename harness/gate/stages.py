@@ -10,6 +10,7 @@ state: what one needs from an earlier one is passed in.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,8 @@ class WindowFigures:
     notes: tuple[str, ...]
     # (scrape, rule evaluation) intervals of the stack's Prometheus, in seconds
     prometheus_intervals_s: tuple[float, float] | None = None
+    # password hashing's p95 per operation and phase (queued, running), in ms
+    hashing_p95_ms: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def window_figures(
@@ -211,6 +214,8 @@ def window_figures(
     series["users"] = [(float(p.timestamp), float(p.users)) for p in client.history]
     endpoint_p95_ms, endpoint_notes = endpoint_p95(reader, window)
     notes += endpoint_notes
+    hashing_p95_ms, hashing_notes = hashing_p95(reader, window)
+    notes += hashing_notes
     try:
         targets = reader.up_counts()
     except PrometheusError as error:  # reported, not fatal: the SLOs come from the TSDB
@@ -221,7 +226,7 @@ def window_figures(
     except PrometheusError as error:
         notes.append(f"could not read Prometheus's configuration: {error}")
         intervals = None
-    return WindowFigures(series, endpoint_p95_ms, targets, tuple(notes), intervals)
+    return WindowFigures(series, endpoint_p95_ms, targets, tuple(notes), intervals, hashing_p95_ms)
 
 
 def endpoint_p95(
@@ -238,6 +243,30 @@ def endpoint_p95(
     except PrometheusError as error:
         return {}, (f"per-endpoint server p95: {error}",)
     return {label: value * 1000 for label, value in sorted(by_route.items())}, ()
+
+
+def hashing_p95(
+    reader: PrometheusClient, window: tuple[float, float]
+) -> tuple[dict[str, dict[str, float]], tuple[str, ...]]:
+    """Password hashing's p95 per operation and phase over the window, in ms: how
+    long a hash waited for the hashing thread (``queued``) and ran (``running``:
+    bcrypt's CPU and the waits for a core). Empty when the services publish no
+    ``password_hashing_duration_seconds`` or nothing was hashed."""
+    seconds = max(1, round(window[1] - window[0]))
+    query = (
+        "histogram_quantile(0.95, sum by (le, operation, phase) "
+        f"(rate(password_hashing_duration_seconds_bucket[{seconds}s])))"
+    )
+    try:
+        by_label = reader.by_labels(query, window[1], ("operation", "phase"))
+    except PrometheusError as error:
+        return {}, (f"password hashing p95: {error}",)
+    figures: dict[str, dict[str, float]] = {}
+    for label, value in sorted(by_label.items()):
+        operation, phase = label.split(" ", 1)
+        if math.isfinite(value):
+            figures.setdefault(operation, {})[phase] = value * 1000
+    return figures, ()
 
 
 # --- the drill under load --------------------------------------------------------------
@@ -313,6 +342,7 @@ __all__ = [
     "endpoint_p95",
     "evaluation_stage",
     "gateway_url",
+    "hashing_p95",
     "load_stage",
     "password_hashing",
     "prometheus_url",

@@ -49,7 +49,7 @@ from harness.gate.slo import (
     load_slo_file,
     verdict,
 )
-from harness.gate.stages import password_hashing
+from harness.gate.stages import hashing_p95, password_hashing
 from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
 from harness.processes import LOOPBACK, free_ports, wait_until
@@ -572,6 +572,7 @@ def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_pat
         _unverifiable_result(),
         prometheus_intervals_s=(1.0, 15.0),
         evidence_window=(1_789_999_998.0, 1_790_000_062.0),
+        hashing_p95_ms={"verify": {"queued": 35.2, "running": 100.5}},
     )
     assert result.objectives[0].status is Status.NOT_VERIFIABLE
     assert result.objectives[1].status is Status.PASS  # no threshold ratio default here
@@ -594,11 +595,14 @@ def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_pat
     assert stored.evidence_window == (1_789_999_998.0, 1_790_000_062.0)
     assert "(60 s); server-side figures read over" in markdown
     assert "(64 s), from a scrape of every target" in markdown
+    assert stored.hashing_p95_ms == {"verify": {"queued": 35.2, "running": 100.5}}
+    assert "verify waited 35.2 ms for the hashing thread and ran 100.5 ms" in markdown
     assert "| error_ratio | 0.000 % | 5,000 |" in markdown
     html = paths["html"].read_text()
     assert "NOT VERIFIABLE" in html and "too few: at least 20 needed" in html
     assert "Scrape targets over the window" in html and "sum(increase(h_count[60s]))" in html
     assert "server-side figures read over" in html
+    assert "verify waited 35.2 ms for the hashing thread" in html
     junit = ET.parse(paths["junit"]).getroot().find("testsuite[@name='slo']")
     assert junit is not None and junit.get("failures") == "1"
     failure = junit.find("testcase[@name='p95_overall']/failure")
@@ -747,6 +751,13 @@ def test_live_the_evidence_window_counts_a_load_to_its_edges(stack: Stack, tenan
     result, readings = _evaluate(login, reader, window)
     assert result.samples == 6, readings.sample_queries
     assert readings.values["p95_login"] is not None
+
+    # where the sign-ins' hashing time went: one after another, they never queued
+    # behind each other, and each ran at least its CPU (bcrypt's cost-10 time)
+    cpu_s, count = password_hashing(reader, window)[0]["verify"]
+    phases = hashing_p95(reader, window)[0]["verify"]
+    assert count == 6 and phases["queued"] < 10, phases
+    assert phases["running"] >= 0.8 * 1000 * cpu_s / count, (phases, cpu_s)
 
     bare = round(load_ended - load_started)
     old_count = reader.value(
