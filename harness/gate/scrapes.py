@@ -43,7 +43,6 @@ class QuietStart:
     """The start of an evidence window, fixed before the load begins."""
 
     at: float  # every target was scraped between the quiet moment and this time
-    complete: bool  # False: a wait timed out, and the window may miss the edges
     timeout_s: float  # how long a wait for the next scrape of every target may take
 
 
@@ -90,7 +89,7 @@ def quiet_start(reader: PrometheusClient, *, progress: Progress) -> QuietStart:
             f"warning: Prometheus did not scrape every target within {timeout_s:.0f} s: "
             "the window's first requests may go uncounted"
         )
-    return QuietStart(at=start, complete=complete, timeout_s=timeout_s)
+    return QuietStart(at=start, timeout_s=timeout_s)
 
 
 def evidence_window(

@@ -233,16 +233,13 @@ def endpoint_p95(
     reader: PrometheusClient, window: tuple[float, float]
 ) -> tuple[dict[str, float], tuple[str, ...]]:
     """The services' own p95 per route over the window, beside the client's."""
-    seconds = max(1, round(window[1] - window[0]))
-    query = (
-        "histogram_quantile(0.95, sum by (le, method, route) "
-        f"(rate(http_server_request_duration_seconds_bucket[{seconds}s])))"
-    )
     try:
-        by_route = reader.by_labels(query, window[1], ("method", "route"))
+        by_route = _p95_ms_by(
+            reader, window, "http_server_request_duration_seconds", ("method", "route")
+        )
     except PrometheusError as error:
         return {}, (f"per-endpoint server p95: {error}",)
-    return {label: value * 1000 for label, value in sorted(by_route.items())}, ()
+    return by_route, ()
 
 
 def hashing_p95(
@@ -252,21 +249,32 @@ def hashing_p95(
     long a hash waited for the hashing thread (``queued``) and ran (``running``:
     bcrypt's CPU and the waits for a core). Empty when the services publish no
     ``password_hashing_duration_seconds`` or nothing was hashed."""
-    seconds = max(1, round(window[1] - window[0]))
-    query = (
-        "histogram_quantile(0.95, sum by (le, operation, phase) "
-        f"(rate(password_hashing_duration_seconds_bucket[{seconds}s])))"
-    )
     try:
-        by_label = reader.by_labels(query, window[1], ("operation", "phase"))
+        by_label = _p95_ms_by(
+            reader, window, "password_hashing_duration_seconds", ("operation", "phase")
+        )
     except PrometheusError as error:
         return {}, (f"password hashing p95: {error}",)
     figures: dict[str, dict[str, float]] = {}
-    for label, value in sorted(by_label.items()):
+    for label, value in by_label.items():
         operation, phase = label.split(" ", 1)
         if math.isfinite(value):
-            figures.setdefault(operation, {})[phase] = value * 1000
+            figures.setdefault(operation, {})[phase] = value
     return figures, ()
+
+
+def _p95_ms_by(
+    reader: PrometheusClient, window: tuple[float, float], histogram: str, labels: tuple[str, ...]
+) -> dict[str, float]:
+    """``histogram``'s p95 over the window per ``labels`` (joined by a space), in ms,
+    in label order; ``PrometheusError`` when it cannot be read."""
+    seconds = max(1, round(window[1] - window[0]))
+    query = (
+        f"histogram_quantile(0.95, sum by (le, {', '.join(labels)}) "
+        f"(rate({histogram}_bucket[{seconds}s])))"
+    )
+    by_label = reader.by_labels(query, window[1], labels)
+    return {label: value * 1000 for label, value in sorted(by_label.items())}
 
 
 # --- the drill under load --------------------------------------------------------------
