@@ -78,6 +78,15 @@ def add_parser(commands) -> None:
         help="how long a freeze or a cut-off lasts (default 10)",
     )
     gate.add_argument(
+        "--load-scrape-interval",
+        type=positive_number,
+        default=None,
+        metavar="SECONDS",
+        help="how often Prometheus scrapes over the load window (default: as the Docker "
+        "deployment, 15 s, from compose/prometheus/prometheus.yml; every second for the "
+        "suites and the drill); not with --provider external",
+    )
+    gate.add_argument(
         "--suite-arg",
         action="append",
         default=[],
@@ -121,6 +130,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             suite_args=tuple(args.suite_arg),
             baseline=args.baseline,
             service_env=tuple(args.service_env),
+            load_scrape_interval_s=args.load_scrape_interval,
         )
     except ConfigurationError as error:
         print(f"atendeai gate: error: {error}", file=sys.stderr)

@@ -145,8 +145,8 @@ def _intervals_sentence(result: GateResult) -> str:
         return ""
     scrape, evaluation = result.prometheus_intervals_s
     return (
-        f" Prometheus scraped every {scrape:g} s and evaluated its rules every "
-        f"{evaluation:g} s (its CPU, and each target's, is in the CPU figures)."
+        f" Over the window Prometheus scraped every {scrape:g} s and evaluated its rules "
+        f"every {evaluation:g} s (its CPU, and each target's, is in the CPU figures)."
     )
 
 

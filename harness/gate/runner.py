@@ -52,6 +52,7 @@ from harness.providers import RunningStack, StackRequest, open_stack
 from harness.providers.prometheus import (
     PrometheusSettings,
     at_deployment_evaluation_interval,
+    deployment_interval_s,
 )
 from loadtests.profiles import PROFILES
 
@@ -78,6 +79,9 @@ class GateConfig:
     suite_args: tuple[str, ...] = ()
     baseline: str = "auto"  # "auto" (last passing run of this profile), "none", or a report.json
     service_env: tuple[tuple[str, str], ...] = field(default=())
+    # how often Prometheus scrapes over the load window (None: as the Docker
+    # deployment does, 15 s); every second for the suites and the drill
+    load_scrape_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -96,6 +100,23 @@ class GateConfig:
             raise ConfigurationError(f"--drill-plan must be full or short, not {self.drill_plan!r}")
         if self.drill_hold_s <= 0:
             raise ConfigurationError("--drill-hold must be positive")
+        if self.load_scrape_interval_s is not None:
+            if self.load_scrape_interval_s <= 0:
+                raise ConfigurationError("--load-scrape-interval must be positive")
+            if self.provider == "external":
+                raise ConfigurationError(
+                    "--load-scrape-interval does not apply to --provider external: "
+                    "the gate does not reconfigure a Prometheus it did not start"
+                )
+
+    def scrape_interval_over_load_s(self) -> float | None:
+        """Prometheus's scrape interval over the load window: the one asked for, or
+        the deployment's; None on an external stack (left as it runs)."""
+        if self.provider == "external":
+            return None
+        if self.load_scrape_interval_s is not None:
+            return self.load_scrape_interval_s
+        return deployment_interval_s("scrape_interval")
 
     @property
     def load_mode(self) -> str:
@@ -173,8 +194,9 @@ class GateRun:
                     ("ATENDEAI_ACCESS_TOKEN_TTL_SECONDS", "120"),
                     *self.config.service_env,
                 ),
-                # scrapes every second (the drill's windows are seconds long), the
-                # rules as often as the deployment: the gate reads none of them
+                # scrapes every second for the suites and the drill (their windows
+                # are seconds long; the load's window has the deployment's, see
+                # load_stage), the rules as often as the deployment: the gate reads none
                 prometheus=at_deployment_evaluation_interval(PrometheusSettings()),
             )
         return resources.enter_context(open_stack(request, progress=self.progress))
@@ -235,10 +257,17 @@ class GateRun:
                 f"{profile.duration_s:.0f} s, {config.load_mode}, through {gateway}"
             )
             load_config = self._load_config(gateway, stack_json, profile.peak_users)
-            load = load_stage(load_config, profile, supervisor, reader, progress=progress)
+            load = load_stage(
+                load_config,
+                profile,
+                supervisor,
+                reader,
+                scrape_interval_s=config.scrape_interval_over_load_s(),
+                progress=progress,
+            )
             timings["load"] = load.duration_s
             # the SLO window's own figures, before the drill breaks anything
-            figures = window_figures(reader, load.client, load.evidence_window)
+            figures = window_figures(reader, load)
 
             started = time.monotonic()
             drill = drill_stage(

@@ -16,7 +16,13 @@ those went uncounted, and ``increase()`` guessed at them by extrapolation (the
    the window ends at the first whole second (counted from its start) after that.
 
 In between there is nothing but the load, Prometheus's own scrapes and
-HAProxy's health checks. Over such a window ``rate()`` and
+HAProxy's health checks. On the stacks the gate starts, Prometheus scrapes
+as often as the Docker deployment does (15 s) over that window, and every
+second before and after it (``scraping_every``): the suites and the drill
+need their data within seconds, while rendering and storing every target's
+metrics once a second costs the stack CPU the deployment does not spend
+(measured in the README: a third of the platform's CPU per request at the
+``sla`` load). Over such a window ``rate()`` and
 ``histogram_quantile`` see every request of the load, and the count of a
 window's requests is exact as the counter at the end minus the counter at the
 start (``X - X offset $window``, which ``harness.gate.slo`` derives), without
@@ -27,12 +33,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from harness.exceptions import PrometheusError, WaitTimeout
 from harness.processes import wait_until
 from harness.progress import Progress
 from harness.prometheus_api import PrometheusClient
+from harness.providers import Supervisor
 
 #: How long to wait for a scrape of every target, beyond two scrape intervals.
 SCRAPE_WAIT_S = 30.0
@@ -107,10 +116,36 @@ def evidence_window(
     return (start.at, end)
 
 
+@contextmanager
+def scraping_every(
+    seconds: float | None,
+    supervisor: Supervisor | None,
+    reader: PrometheusClient,
+    *,
+    progress: Progress,
+) -> Iterator[tuple[float, float]]:
+    """Prometheus scraping every ``seconds`` within the block, and as often as
+    before once it ends; yields the (scrape, rule evaluation) intervals it runs
+    with inside. Nothing changes without a supervisor (an external stack's
+    Prometheus is not ours) or with ``seconds`` None. When the block raises, the
+    interval is left as it is: the run is over and its stack about to stop."""
+    intervals = reader.intervals_s()
+    before = intervals[0]
+    if supervisor is None or seconds is None or seconds == before:
+        yield intervals
+        return
+    progress(f"Prometheus: scraping every {seconds:g} s over the load (every {before:g} s before)")
+    supervisor.scrape_every(seconds)
+    yield (seconds, intervals[1])
+    progress(f"Prometheus: scraping every {before:g} s again")
+    supervisor.scrape_every(before)
+
+
 __all__ = [
     "QuietStart",
     "evidence_window",
     "quiet_start",
     "scrape_wait_s",
+    "scraping_every",
     "wait_for_last_scrape",
 ]

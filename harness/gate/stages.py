@@ -22,7 +22,7 @@ from harness.gate.drill import DrillPlan, DrillResult, run_drill_under_load
 from harness.gate.evidence import Readings, read_objectives
 from harness.gate.loadrun import ClientFigures, LoadRunConfig, run_load
 from harness.gate.memory import PeakMemory, megabytes, tree_rss_bytes
-from harness.gate.scrapes import evidence_window, quiet_start
+from harness.gate.scrapes import evidence_window, quiet_start, scraping_every
 from harness.gate.slo import ObjectiveResult, SloFile, evaluate
 from harness.gate.suites import SuiteResults, run_suites
 from harness.progress import Progress
@@ -33,14 +33,26 @@ from loadtests.profiles import Profile
 
 # Latency and traffic over time, for the report's plots (server side).
 _USER_ROUTES = 'route!~"/health|/ready|/metrics|/openapi.json|/status"'
-_BUCKETS = f"sum by (le) (rate(http_server_request_duration_seconds_bucket{{{_USER_ROUTES}}}[15s]))"
-SERIES_QUERIES = {
-    "latency p50": f"histogram_quantile(0.50, {_BUCKETS}) * 1000",
-    "latency p95": f"histogram_quantile(0.95, {_BUCKETS}) * 1000",
-    "requests/s": f"sum(rate(http_server_request_duration_seconds_count{{{_USER_ROUTES}}}[15s]))",
-    "errors/s": 'sum(rate(http_server_request_duration_seconds_count{status=~"5..|429"}[15s]))'
-    " or vector(0)",
-}
+
+
+def series_queries(scrape_s: float) -> dict[str, str]:
+    """The plots' queries: rates over 15 s, or four scrape intervals when scrapes
+    are further apart (a rate needs two scrapes in its range)."""
+    rate_range = f"{max(15, math.ceil(4 * scrape_s))}s"
+    buckets = (
+        "sum by (le) (rate(http_server_request_duration_seconds_bucket"
+        f"{{{_USER_ROUTES}}}[{rate_range}]))"
+    )
+    errors = 'http_server_request_duration_seconds_count{status=~"5..|429"}'
+    return {
+        "latency p50": f"histogram_quantile(0.50, {buckets}) * 1000",
+        "latency p95": f"histogram_quantile(0.95, {buckets}) * 1000",
+        "requests/s": (
+            f"sum(rate(http_server_request_duration_seconds_count{{{_USER_ROUTES}}}[{rate_range}]))"
+        ),
+        "errors/s": f"sum(rate({errors}[{rate_range}])) or vector(0)",
+    }
+
 
 Series = list[tuple[float, float]]
 
@@ -90,6 +102,8 @@ class LoadStage:
     # what Prometheus's figures are read over: the load window with a scrape of
     # every target on each side and nothing else in it (harness.gate.scrapes)
     evidence_window: tuple[float, float]
+    # (scrape, rule evaluation) intervals of the stack's Prometheus over that window
+    prometheus_intervals_s: tuple[float, float]
 
     @property
     def window(self) -> tuple[float, float]:
@@ -102,24 +116,27 @@ def load_stage(
     supervisor: Supervisor | None,
     reader: PrometheusClient,
     *,
+    scrape_interval_s: float | None,
     progress: Progress,
 ) -> LoadStage:
-    """Run the profile over an evidence window (``harness.gate.scrapes``); sample
+    """Run the profile over an evidence window (``harness.gate.scrapes``), with
+    Prometheus scraping every ``scrape_interval_s`` (None: as it does); sample
     the stack's CPU and memory over the load."""
-    start = quiet_start(reader, progress=progress)
-    pids = supervisor.pids() if supervisor is not None else []
-    idle = tree_rss_bytes(pids)
-    components = component_pids(supervisor)
-    started = time.monotonic()
-    cpu_before = sample_cpu(components)
-    with PeakMemory(pids) as peak:
-        client = run_load(load, progress=progress, timeout_s=profile.duration_s * 2 + 300)
-    duration_s = time.monotonic() - started
-    cpu_after = sample_cpu(components)
+    with scraping_every(scrape_interval_s, supervisor, reader, progress=progress) as intervals:
+        start = quiet_start(reader, progress=progress)
+        pids = supervisor.pids() if supervisor is not None else []
+        idle = tree_rss_bytes(pids)
+        components = component_pids(supervisor)
+        started = time.monotonic()
+        cpu_before = sample_cpu(components)
+        with PeakMemory(pids) as peak:
+            client = run_load(load, progress=progress, timeout_s=profile.duration_s * 2 + 300)
+        duration_s = time.monotonic() - started
+        cpu_after = sample_cpu(components)
+        window = (client.started_at, client.ended_at)
+        evidence = evidence_window(reader, start, window[1], progress=progress)
     notes = [client.capacity.line] if client.capacity is not None else []
     notes += [f"client-side figures are unreliable: {why}" for why in client.unreliable_because]
-    window = (client.started_at, client.ended_at)
-    evidence = evidence_window(reader, start, window[1], progress=progress)
     cpu = None
     if components:
         hashing, hashing_notes = password_hashing(reader, window)
@@ -142,6 +159,7 @@ def load_stage(
         memory_mb={"idle": megabytes(idle), "peak": megabytes(peak.peak)},
         notes=tuple(notes),
         evidence_window=evidence,
+        prometheus_intervals_s=intervals,
     )
 
 
@@ -197,13 +215,13 @@ class WindowFigures:
     hashing_p95_ms: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
-def window_figures(
-    reader: PrometheusClient, client: ClientFigures, window: tuple[float, float]
-) -> WindowFigures:
+def window_figures(reader: PrometheusClient, load: LoadStage) -> WindowFigures:
+    """What the report shows of the load's evidence window besides the objectives."""
+    client, window, intervals = load.client, load.evidence_window, load.prometheus_intervals_s
     notes: list[str] = []
     series: dict[str, Series] = {}
     step = max(1, round((window[1] - window[0]) / 150))
-    for name, query in SERIES_QUERIES.items():
+    for name, query in series_queries(intervals[0]).items():
         try:
             series[name] = reader.series(query, window[0], window[1], step)
         except PrometheusError as error:
@@ -221,11 +239,6 @@ def window_figures(
     except PrometheusError as error:  # reported, not fatal: the SLOs come from the TSDB
         notes.append(f"could not read the Prometheus targets: {error}")
         targets = None
-    try:
-        intervals = reader.intervals_s()
-    except PrometheusError as error:
-        notes.append(f"could not read Prometheus's configuration: {error}")
-        intervals = None
     return WindowFigures(series, endpoint_p95_ms, targets, tuple(notes), intervals, hashing_p95_ms)
 
 
@@ -341,7 +354,6 @@ def evaluation_stage(
 
 
 __all__ = [
-    "SERIES_QUERIES",
     "Evaluation",
     "LoadStage",
     "WindowFigures",
@@ -354,6 +366,7 @@ __all__ = [
     "load_stage",
     "password_hashing",
     "prometheus_url",
+    "series_queries",
     "suites_stage",
     "window_figures",
 ]

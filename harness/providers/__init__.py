@@ -99,6 +99,12 @@ class Supervisor(Protocol):
         """Undo ``delay``."""
         ...
 
+    def scrape_every(self, seconds: float) -> None:
+        """Make the stack's Prometheus scrape every target every ``seconds`` from
+        now on (its configuration rewritten, so a restart keeps it, and reloaded);
+        return once it runs so."""
+        ...
+
     @property
     def faults(self) -> dict[str, str]:
         """What this supervisor broke and has not undone: ``{component: what}``."""

@@ -73,8 +73,10 @@ from harness.providers.options import StackOptions, generate_password
 from harness.providers.prometheus import (
     COMPOSE_DIR,
     ScrapeJob,
+    await_scrape_interval,
     render_prometheus_config,
     render_rules,
+    rewrite_scrape_interval,
     rule_files_in,
 )
 from harness.providers.rundir import make_run_dir, print_progress, remove_run_dir
@@ -323,8 +325,10 @@ class ContainersSupervisor:
         log_dir: Path,
         restart_timeout_s: float,
         network: str = "",
+        prometheus_config: Path | None = None,
     ) -> None:
         self._containers = {c.component: c for c in containers}
+        self.prometheus_config = prometheus_config  # on this host: scrape_every rewrites it
         self.log_dir = log_dir
         self.restart_timeout_s = restart_timeout_s
         self.network = network
@@ -469,6 +473,17 @@ class ContainersSupervisor:
         if delay is None or self.pid(component) != delay.pid:
             return
         netfaults.remove_delay(delay.pid, delay.device, component=component)
+
+    def scrape_every(self, seconds: float) -> None:
+        """Prometheus scraping every ``seconds``: its ``prometheus.yml`` (in the run
+        directory, mounted into the container) rewritten, then ``docker kill
+        --signal HUP``, which makes Prometheus reload it."""
+        if self.prometheus_config is None:
+            raise ConfigurationError("this stack has no Prometheus to reconfigure")
+        prometheus = self.container("prometheus")
+        rewrite_scrape_interval(self.prometheus_config, seconds)
+        prometheus.docker.kill(signal="SIGHUP")
+        await_scrape_interval(prometheus.host_url(PROMETHEUS_PORT), seconds)
 
     def undo_faults(self, *, restart_killed: bool = True) -> list[str]:
         """Thaw, rejoin and undelay everything this supervisor broke and (with
@@ -657,6 +672,7 @@ def containers_stack(
             log_dir=run.log_dir,
             restart_timeout_s=config.startup_timeout_s,
             network=run.network.name,
+            prometheus_config=run.run_dir / "prometheus" / "prometheus.yml",
         )
         say(f"stack ready in {cold_start:.2f} s ({len(run.started)} containers)")
         resources.callback(say, "removing the containers")

@@ -266,6 +266,13 @@ class LocalStackControl:
         self._part(component)
         raise FaultNotSupported("undelay", component, reason=_SHARED_NETNS, instead=_USE_CONTAINERS)
 
+    def scrape_every(self, seconds: float) -> None:
+        """Prometheus scraping every ``seconds`` (``LocalPrometheus.scrape_every``)."""
+        prometheus = self._daemons.get("prometheus")
+        if not isinstance(prometheus, LocalPrometheus):
+            raise ConfigurationError("this stack has no Prometheus to reconfigure")
+        prometheus.scrape_every(seconds)
+
     def undo_faults(self, *, restart_killed: bool = True) -> list[str]:
         """Thaw every component this supervisor froze and (``restart_killed``) restart
         every one it killed; what was undone, as lines (``"redis resumed"``).

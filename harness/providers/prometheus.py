@@ -18,7 +18,9 @@ rules and the Grafana dashboards work on both.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from harness.exceptions import ConfigurationError
+from harness.exceptions import ConfigurationError, WaitTimeout
+from harness.processes import wait_until
 from harness.providers.daemon import HttpDaemon, find_binary
 
 PACKAGE = "prometheus"
@@ -103,6 +106,18 @@ class PrometheusSettings:
             raise ConfigurationError(f"rule_for_cap_s must not be negative: {self.rule_for_cap_s}")
 
 
+def deployment_interval_s(key: str, *, deployment_config: Path = DEPLOYMENT_CONFIG) -> float:
+    """``global.<key>`` of the Docker deployment's ``prometheus.yml`` in seconds
+    (``scrape_interval`` or ``evaluation_interval``: 15 s each)."""
+    try:
+        document = yaml.safe_load(deployment_config.read_text())
+        return parse_duration(document["global"][key])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        raise ConfigurationError(
+            f"{deployment_config}: cannot read global.{key} ({error!r})"
+        ) from None
+
+
 def at_deployment_evaluation_interval(
     settings: PrometheusSettings, *, deployment_config: Path = DEPLOYMENT_CONFIG
 ) -> PrometheusSettings:
@@ -116,14 +131,44 @@ def at_deployment_evaluation_interval(
     (about 0.16 ms per request), a cost the deployment does not have. The
     tests' stacks keep 1 s, so an alert test sees its alert within seconds.
     """
-    try:
-        document = yaml.safe_load(deployment_config.read_text())
-        interval = document["global"]["evaluation_interval"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
-        raise ConfigurationError(
-            f"{deployment_config}: cannot read global.evaluation_interval ({error!r})"
-        ) from None
-    return dataclasses.replace(settings, evaluation_interval_s=parse_duration(interval))
+    interval = deployment_interval_s("evaluation_interval", deployment_config=deployment_config)
+    return dataclasses.replace(settings, evaluation_interval_s=interval)
+
+
+def rewrite_scrape_interval(config_path: Path, seconds: float) -> None:
+    """Set the global scrape interval (and timeout) of the ``prometheus.yml`` at
+    ``config_path``, written whole (a new file renamed over the old one, so a
+    Prometheus reloading meanwhile never reads half of it)."""
+    if seconds <= 0:
+        raise ConfigurationError(f"a scrape interval must be positive, not {seconds:g} s")
+    document = yaml.safe_load(config_path.read_text())
+    interval = format_duration(seconds)
+    document["global"]["scrape_interval"] = interval
+    document["global"]["scrape_timeout"] = interval
+    staged = config_path.with_name(config_path.name + ".new")
+    staged.write_text(yaml.safe_dump(document, sort_keys=False))
+    staged.chmod(config_path.stat().st_mode & 0o777)  # the container's Prometheus reads it
+    staged.replace(config_path)
+
+
+def await_scrape_interval(url: str, seconds: float, *, timeout_s: float = 30.0) -> None:
+    """Return once the Prometheus at ``url`` runs with a ``seconds`` scrape interval
+    (after a reload); ``WaitTimeout`` naming the interval it still has otherwise."""
+    from harness.prometheus_api import PrometheusClient
+
+    what = f"Prometheus at {url} to scrape every {seconds:g} s (its log says why if it refused)"
+    with PrometheusClient(url) as reader:
+        seen: list[float] = []
+
+        def reloaded() -> bool:
+            seen.append(reader.intervals_s()[0])
+            return seen[-1] == seconds
+
+        try:
+            wait_until(reloaded, timeout=timeout_s, interval=0.2, what=what)
+        except WaitTimeout as error:
+            still = f"still scraping every {seen[-1]:g} s" if seen else None
+            raise WaitTimeout(what, timeout_s, attempts=error.attempts, last_result=still) from None
 
 
 def render_prometheus_config(
@@ -254,6 +299,16 @@ class LocalPrometheus(HttpDaemon):
         self._get("/-/ready")
         return True
 
+    def scrape_every(self, seconds: float) -> None:
+        """Scrape every target every ``seconds`` from now on: the config rewritten
+        (a restart keeps it) and reloaded with SIGHUP; returns once it runs so."""
+        if self.process is None or self.process.pid is None:
+            raise ConfigurationError("prometheus is not running: nothing to reconfigure")
+        rewrite_scrape_interval(self.config_path, seconds)
+        self.settings = dataclasses.replace(self.settings, scrape_interval_s=seconds)
+        os.kill(self.process.pid, signal.SIGHUP)
+        await_scrape_interval(self.url(), seconds)
+
     @property
     def target_count(self) -> int:
         return sum(len(job.targets) for job in self.jobs)
@@ -266,10 +321,13 @@ __all__ = [
     "PrometheusSettings",
     "ScrapeJob",
     "at_deployment_evaluation_interval",
+    "await_scrape_interval",
+    "deployment_interval_s",
     "format_duration",
     "parse_duration",
     "promtool",
     "render_prometheus_config",
     "render_rules",
+    "rewrite_scrape_interval",
     "rule_files_in",
 ]

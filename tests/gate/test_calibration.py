@@ -54,7 +54,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.gate.evidence import objective_value, read_objectives
 from harness.gate.loadrun import ClientFigures, EndpointFigures, LoadRunConfig, run_load
-from harness.gate.scrapes import evidence_window, quiet_start
+from harness.gate.scrapes import evidence_window, quiet_start, scraping_every
 from harness.gate.slo import (
     DEFAULT_SLO_FILE,
     ObjectiveResult,
@@ -67,6 +67,7 @@ from harness.gate.slo import (
 )
 from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers.local import LocalStackConfig, supervised_local_stack
+from harness.providers.prometheus import deployment_interval_s
 from harness.stack import Stack
 from harness.tenants import ApiSession, ClientAddresses, create_tenant, hash_password, login_body
 from system_under_test.faults import FaultPlan, parse_plan
@@ -361,23 +362,28 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         stack.write_json(stack_json)
         wait_for_stack_targets(stack, timeout_s=30)
         reader = PrometheusClient(stack.prometheus_url or "")
-        start = quiet_start(reader, progress=lambda line: None)  # the gate's evidence window
-        before = server_counts(stack)
-        client = run_load(
-            LoadRunConfig(
-                profile="calibration",
-                host=stack.haproxy_url or "",
-                stack_json=stack_json,
-                out_dir=out / "load",
-                target_users=USERS,
-                locustfile=LOCUSTFILE,
-            ),
-            progress=lambda line: None,
-            timeout_s=120,
-        )
-        after = server_counts(stack)
+        # the gate's evidence window, scraped as the gate's load window is (as deployed)
+        deployed = deployment_interval_s("scrape_interval")
+        with scraping_every(deployed, control, reader, progress=lambda line: None) as intervals:
+            start = quiet_start(reader, progress=lambda line: None)
+            before = server_counts(stack)
+            client = run_load(
+                LoadRunConfig(
+                    profile="calibration",
+                    host=stack.haproxy_url or "",
+                    stack_json=stack_json,
+                    out_dir=out / "load",
+                    target_users=USERS,
+                    locustfile=LOCUSTFILE,
+                ),
+                progress=lambda line: None,
+                timeout_s=120,
+            )
+            after = server_counts(stack)
+            window = evidence_window(reader, start, client.ended_at, progress=lambda line: None)
+        assert intervals[0] == deployed == 15.0
         yield Run(
-            window=evidence_window(reader, start, client.ended_at, progress=lambda line: None),
+            window=window,
             client=client,
             before=before,
             after=after,

@@ -80,7 +80,10 @@ def _slo(tmp_path: Path, *, clinic_threshold: float = 0.25, users_warning: float
 
 
 def _gate(tmp_path: Path, slo: Path, **config) -> tuple[int, dict, Path]:
+    """A smoke gate; Prometheus scrapes every second throughout unless ``config``
+    says otherwise (the deployment's 15 s over the load costs half a minute more)."""
     reports = tmp_path / "reports"
+    config = {"load_scrape_interval_s": 1.0, **config}
     run = GateRun(
         GateConfig(
             profile="smoke",
@@ -109,6 +112,7 @@ def test_smoke_gate_says_go_writes_every_report_and_warns_without_failing(tmp_pa
         suite_args=("contract_tests/test_health_and_metrics.py",),
         drill_plan="short",
         drill_hold_s=3.0,
+        load_scrape_interval_s=None,  # as the gate runs: the deployment's over the load
     )
     statuses = _statuses(report)
     assert statuses == {
@@ -133,8 +137,9 @@ def test_smoke_gate_says_go_writes_every_report_and_warns_without_failing(tmp_pa
         report["memory_mb"]["idle"] and report["memory_mb"]["peak"] >= report["memory_mb"]["idle"]
     )
     assert report["targets"][0] == report["targets"][1] > 0  # every Prometheus target up
-    # scraped every second, the rules evaluated as often as the deployment does
-    assert report["prometheus_intervals_s"] == [1.0, 15.0]
+    # over the load, scraped and the rules evaluated as often as the deployment does
+    # (the suites before and the drill after it, scraped every second, passed)
+    assert report["prometheus_intervals_s"] == [15.0, 15.0]
     # the resilience drill ran under its own load, after the SLO window, and is reported
     drill = report["recovery"]
     assert drill["status"] == "PASS", drill["reason"]
@@ -221,6 +226,11 @@ def test_a_bad_baseline_file_is_a_broken_run_before_anything_starts(tmp_path, ca
         (["--profile", "nope"], "invalid choice: 'nope'"),
         (["--provider", "external"], "--provider external needs --stack-json FILE"),
         (["--profile-scale", "0"], "must be more than 0"),
+        (["--load-scrape-interval", "-1"], "must be more than 0"),
+        (
+            ["--provider", "external", "--stack-json", "s.json", "--load-scrape-interval", "5"],
+            "--load-scrape-interval does not apply to --provider external",
+        ),
     ],
 )
 def test_cli_refuses_bad_flags_with_exit_2(args, message, tmp_path):
@@ -244,7 +254,8 @@ def test_sigterm_during_the_load_stops_everything_and_leaves_no_report(tmp_path)
     reports = tmp_path / "reports"
     gate = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "gate", "--profile", "smoke", "--no-suites",
-         "--no-drill", "--baseline", "none", "--reports-dir", str(reports)],
+         "--no-drill", "--baseline", "none", "--load-scrape-interval", "1",
+         "--reports-dir", str(reports)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

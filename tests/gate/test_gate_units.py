@@ -36,6 +36,7 @@ from harness.gate.loadrun import ClientFigures, EndpointFigures, HistoryPoint, r
 from harness.gate.memory import tree_rss_bytes
 from harness.gate.report import write_reports
 from harness.gate.result import GateResult
+from harness.gate.runner import GateConfig
 from harness.gate.scrapes import evidence_window, quiet_start, wait_for_last_scrape
 from harness.gate.slo import (
     Evidence,
@@ -49,7 +50,7 @@ from harness.gate.slo import (
     load_slo_file,
     verdict,
 )
-from harness.gate.stages import hashing_p95, password_hashing
+from harness.gate.stages import hashing_p95, password_hashing, series_queries
 from harness.gate.status import CheckStatus
 from harness.gate.suites import SuiteOutcome, SuiteResults, read_junit, suite_progress
 from harness.processes import LOOPBACK, free_ports, wait_until
@@ -589,7 +590,9 @@ def test_reports_show_samples_targets_and_not_verifiable_with_its_reason(tmp_pat
     assert "| NOT VERIFIABLE |" in markdown
     assert "3 samples in the window, at least 20 needed" in markdown  # the reason, spelled out
     assert "users/127.0.0.1:2 DOWN at times: up 90.0% of 60 scrapes" in markdown
-    assert "Prometheus scraped every 1 s and evaluated its rules every 15 s" in markdown
+    assert "Over the window Prometheus scraped every 1 s and evaluated its rules every 15 s" in (
+        markdown
+    )
     stored = GateResult.read(paths["json"])
     assert stored.prometheus_intervals_s == (1.0, 15.0)
     assert stored.evidence_window == (1_789_999_998.0, 1_790_000_062.0)
@@ -946,3 +949,20 @@ def test_the_baseline_is_the_last_passing_run_of_the_same_profile(tmp_path) -> N
     broken = str(tmp_path / "20261204T000000Z-smoke" / "report.json")
     with pytest.raises(ConfigurationError, match=r"--baseline .*not a gate report\.json"):
         find_baseline(GateConfig(profile="smoke", baseline=broken), tmp_path)
+
+
+def test_the_load_window_is_scraped_as_deployed_unless_asked_otherwise(tmp_path):
+    # compose/prometheus/prometheus.yml scrapes every 15 s: so does the gate's load window
+    assert GateConfig().scrape_interval_over_load_s() == 15.0
+    assert GateConfig(load_scrape_interval_s=2.5).scrape_interval_over_load_s() == 2.5
+    external = GateConfig(provider="external", stack_json=tmp_path / "stack.json")
+    assert external.scrape_interval_over_load_s() is None  # not ours to reconfigure
+    with pytest.raises(ConfigurationError, match="--load-scrape-interval must be positive"):
+        GateConfig(load_scrape_interval_s=0)
+
+
+def test_the_plots_rate_over_at_least_four_scrapes():
+    assert "[15s]" in series_queries(1.0)["requests/s"]  # a smooth line at 1 s scrapes
+    at_deployment = series_queries(15.0)
+    assert all("[60s]" in query for query in at_deployment.values())
+    assert "[15s]" not in " ".join(at_deployment.values())  # one scrape: no rate at all

@@ -26,7 +26,7 @@ from harness.deployment import redis_key_survives_a_crash
 from harness.exceptions import ComponentStartError, FaultNotSupported
 from harness.images import ImageConfig
 from harness.processes import free_port, wait_until
-from harness.prometheus_api import wait_for_stack_targets
+from harness.prometheus_api import PrometheusClient, wait_for_stack_targets
 from harness.providers import RunningStack
 from harness.providers.containers import RUN_LABEL, ContainersStackConfig, containers_stack
 from harness.providers.haproxy import HAProxySettings, server_rows
@@ -114,6 +114,20 @@ def test_the_platform_serves_through_haproxy_and_prometheus_scrapes_everything(r
     assert me.status_code == 200, me.text
     targets = wait_for_stack_targets(running.stack, timeout_s=30)
     assert len(targets) == int(running.stack.extra["prometheus_targets"]) == 12
+
+
+def test_prometheus_in_its_container_scrapes_as_often_as_told(running):
+    """The gate's load window scrapes as the deployment does: the config in the
+    mounted run directory rewritten, ``docker kill --signal HUP`` reloads it."""
+    supervisor = running.supervisor
+    assert supervisor is not None
+    with PrometheusClient(running.stack.prometheus_url or "") as reader:
+        try:
+            supervisor.scrape_every(15.0)
+            assert reader.intervals_s()[0] == 15.0
+        finally:
+            supervisor.scrape_every(1.0)
+        assert reader.intervals_s()[0] == 1.0
 
 
 def test_rls_holds_in_the_container_database(running):

@@ -25,10 +25,12 @@ import httpx
 import pytest
 import redis
 
-from harness.exceptions import FaultNotSupported
+from harness.exceptions import FaultNotSupported, WaitTimeout
 from harness.processes import process_state, wait_until
+from harness.prometheus_api import PrometheusClient
 from harness.providers.haproxy import HAProxySettings, server_rows
 from harness.providers.local import LocalStackConfig, LocalStackControl, supervised_local_stack
+from harness.providers.prometheus import await_scrape_interval
 from harness.tenants import ClientAddresses, login_body
 
 pytestmark = [pytest.mark.stack]
@@ -291,6 +293,36 @@ def test_prometheus_killed_and_restarted_is_ready_with_its_old_data(supervisor):
     assert httpx.get(f"{url}/-/ready", timeout=5).status_code == 200
     assert supervisor.pid("prometheus") not in (None, pid)
     assert samples_at(scraped) == before, "the TSDB lost what was scraped before the kill"
+
+
+def test_prometheus_scrapes_as_often_as_told_and_a_restart_keeps_it(supervisor):
+    """``scrape_every`` (the gate's load window at the deployment's 15 s) rewrites
+    the config and reloads it: Prometheus then scrapes that often, and comes back
+    from a restart with it; a reload not taken is an error naming the interval."""
+    url = supervisor.stack.prometheus_url or ""
+    config = Path(supervisor.stack.extra["run_dir"]) / "prometheus" / "prometheus.yml"
+    with PrometheusClient(url) as reader:
+
+        def scrapes_in(seconds: int) -> float | None:  # of one auth instance, lately
+            query = f'max(count_over_time(up{{job="auth"}}[{seconds}s]))'
+            return reader.instant(query, time.time())
+
+        try:
+            supervisor.scrape_every(3.0)
+            assert reader.intervals_s()[0] == 3.0
+            assert "scrape_interval: 3s" in config.read_text()
+            time.sleep(13)
+            assert 3 <= (scrapes_in(12) or 0) <= 5  # 12 at one a second
+            supervisor.kill("prometheus")
+            supervisor.restart("prometheus", timeout_s=60)
+            assert reader.intervals_s()[0] == 3.0
+            with pytest.raises(WaitTimeout, match=r"scrape every 7 s.*still scraping every 3 s"):
+                await_scrape_interval(url, 7.0, timeout_s=1.0)  # no reload asked for it
+        finally:
+            supervisor.scrape_every(1.0)
+        assert reader.intervals_s()[0] == 1.0
+        # every second again (after the restart, once its targets are handed out)
+        wait_until(lambda: (scrapes_in(3) or 0) >= 3, timeout=20, what="1 s scrapes", interval=0.5)
 
 
 def test_undo_faults_thaws_and_restarts_what_the_supervisor_broke(supervisor):
