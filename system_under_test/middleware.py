@@ -12,11 +12,12 @@ wraps the handlers of the routes its rules name.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -34,6 +35,7 @@ from system_under_test.metrics import REQUEST_DURATION, REQUESTS_IN_FLIGHT
 log = logging.getLogger("atendeai.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 SECURITY_HEADERS = {
@@ -58,15 +60,8 @@ def client_ip(request: web.Request, settings: Settings) -> str:
     """The caller's address: the peer, or the nearest untrusted hop of
     X-Forwarded-For when the peer is a trusted proxy."""
     peer = request.remote or ""
-
-    def trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in settings.trusted_proxies)
-
-    if not trusted(peer):
+    proxies = settings.trusted_proxies
+    if not _trusted(peer, proxies):
         return peer
     # A proxy may add its own X-Forwarded-For line instead of extending the
     # client's (HAProxy's `option forwardfor` does): all the lines, in order,
@@ -75,13 +70,31 @@ def client_ip(request: web.Request, settings: Settings) -> str:
     chain = ",".join(request.headers.getall("X-Forwarded-For", []))
     hops = [h.strip() for h in chain.split(",") if h.strip()]
     for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        if not _is_address(hop):
             return peer  # a malformed chain is not trusted
-        if not trusted(hop):
+        if not _trusted(hop, proxies):
             return hop
     return hops[0] if hops else peer
+
+
+# Every request asks these of the same few addresses (the gateway's, the
+# clients'): parsed once each, not on every request. Bounded, so addresses
+# written into X-Forwarded-For cannot grow them.
+@functools.lru_cache(maxsize=4096)
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    if not _is_address(address):
+        return False
+    ip = ipaddress.ip_address(address)
+    return any(ip in network for network in proxies)
 
 
 def build_middlewares(settings: Settings) -> list:
@@ -90,7 +103,7 @@ def build_middlewares(settings: Settings) -> list:
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
         request["request_id"] = request_id
         request["client_ip"] = client_ip(request, settings)
         started = time.perf_counter()
