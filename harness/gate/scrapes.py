@@ -21,8 +21,8 @@ as often as the Docker deployment does (15 s) over that window, and every
 second before and after it (``scraping_every``): the suites and the drill
 need their data within seconds, while rendering and storing every target's
 metrics once a second costs the stack CPU the deployment does not spend
-(measured in the README: a third of the platform's CPU per request at the
-``sla`` load). Over such a window ``rate()`` and
+(measured in the README: a fifth of the platform's CPU per request in the
+``sla`` run). Over such a window ``rate()`` and
 ``histogram_quantile`` see every request of the load, and the count of a
 window's requests is exact as the counter at the end minus the counter at the
 start (``X - X offset $window``, which ``harness.gate.slo`` derives), without
