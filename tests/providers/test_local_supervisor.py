@@ -303,16 +303,21 @@ def test_prometheus_scrapes_as_often_as_told_and_a_restart_keeps_it(supervisor):
     config = Path(supervisor.stack.extra["run_dir"]) / "prometheus" / "prometheus.yml"
     with PrometheusClient(url) as reader:
 
-        def scrapes_in(seconds: int) -> float | None:  # of one auth instance, lately
+        def scrapes_in(seconds: int, at: float | None = None) -> float | None:
+            """Scrapes of one auth instance in the ``seconds`` before ``at`` (now)."""
             query = f'max(count_over_time(up{{job="auth"}}[{seconds}s]))'
-            return reader.instant(query, time.time())
+            return reader.instant(query, at or time.time())
 
+        # scraped every second to begin with (an earlier test may have just restarted it)
+        wait_until(lambda: (scrapes_in(3) or 0) >= 3, timeout=30, what="1 s scrapes", interval=0.5)
         try:
             supervisor.scrape_every(3.0)
+            switched = time.time()
             assert reader.intervals_s()[0] == 3.0
             assert "scrape_interval: 3s" in config.read_text()
-            time.sleep(13)
-            assert 3 <= (scrapes_in(12) or 0) <= 5  # 12 at one a second
+            # each target's first scrape at 3 s comes within 3 s; then one every 3 s
+            time.sleep(16)
+            assert 3 <= (scrapes_in(12, switched + 15) or 0) <= 5  # 12 at one a second
             supervisor.kill("prometheus")
             supervisor.restart("prometheus", timeout_s=60)
             assert reader.intervals_s()[0] == 3.0
