@@ -332,7 +332,7 @@ class GateRun:
             cpu=load.cpu,
             series=figures.series,
             targets=figures.targets,
-            prometheus_intervals_s=figures.prometheus_intervals_s,
+            prometheus_intervals_s=load.prometheus_intervals_s,
             hashing_p95_ms=figures.hashing_p95_ms,
             notes=load.notes + figures.notes + evaluation.notes + decision.notes,
             timings_s=timings,

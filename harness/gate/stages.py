@@ -209,19 +209,17 @@ class WindowFigures:
     endpoint_p95_ms: dict[str, float]
     targets: tuple[int, int] | None
     notes: tuple[str, ...]
-    # (scrape, rule evaluation) intervals of the stack's Prometheus, in seconds
-    prometheus_intervals_s: tuple[float, float] | None = None
     # password hashing's p95 per operation and phase (queued, running), in ms
     hashing_p95_ms: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def window_figures(reader: PrometheusClient, load: LoadStage) -> WindowFigures:
     """What the report shows of the load's evidence window besides the objectives."""
-    client, window, intervals = load.client, load.evidence_window, load.prometheus_intervals_s
+    client, window = load.client, load.evidence_window
     notes: list[str] = []
     series: dict[str, Series] = {}
     step = max(1, round((window[1] - window[0]) / 150))
-    for name, query in series_queries(intervals[0]).items():
+    for name, query in series_queries(load.prometheus_intervals_s[0]).items():
         try:
             series[name] = reader.series(query, window[0], window[1], step)
         except PrometheusError as error:
@@ -239,7 +237,7 @@ def window_figures(reader: PrometheusClient, load: LoadStage) -> WindowFigures:
     except PrometheusError as error:  # reported, not fatal: the SLOs come from the TSDB
         notes.append(f"could not read the Prometheus targets: {error}")
         targets = None
-    return WindowFigures(series, endpoint_p95_ms, targets, tuple(notes), intervals, hashing_p95_ms)
+    return WindowFigures(series, endpoint_p95_ms, targets, tuple(notes), hashing_p95_ms)
 
 
 def endpoint_p95(
