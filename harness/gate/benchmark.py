@@ -182,10 +182,11 @@ def cpu_lines(result: GateResult) -> list[str]:
         )
     generator = result.client.generator if result.client is not None else None
     if generator is not None:
-        share = generator.busiest_core_share
+        share, demand = generator.busiest_core_share, generator.demand_share
         lines.append(
             f"- load generator CPU per request {_ms2(generator.ms_per_request)} ms, "
-            f"busiest core {'n/a' if share is None else f'{share:.0%}'}"
+            f"busiest core {'n/a' if share is None else f'{share:.0%}'}, running or "
+            f"waiting for a core {'n/a' if demand is None else f'{demand:.0%}'}"
             + "".join(f"; UNRELIABLE: {why}" for why in generator.unreliable_because)
         )
     return lines

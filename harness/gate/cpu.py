@@ -13,7 +13,12 @@ from the kernel's accounting when it is reaped (``os.wait4``), and its
 busiest-core share from ``TreeSampler``, which reads each of its processes
 once a second. One Locust process is one gevent loop on one core: when that
 share nears 100 %, the client's clock measures the generator, not the
-platform.
+platform. The sampler also reads how long each process was ready to run but
+waited for a core (``/proc/<pid>/schedstat``): the generator runs at a lower
+share than the stack, so on a saturated machine it is starved long before it
+is busy. Running or waiting to run, it had work it could not put off: when
+that nears 100 %, it is behind as surely as when it is busy, and its clock
+counts its own wait as the platform's latency.
 """
 
 from __future__ import annotations
@@ -73,6 +78,17 @@ def _self_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def _demand_seconds(pid: int) -> float | None:
+    """Seconds the process's main thread (where Locust's gevent loop runs) so
+    far spent on a core or ready to run and waiting for one: ``schedstat``'s
+    first two fields. None when the kernel does not say."""
+    try:
+        on_core, waiting = (PROC / str(pid) / "schedstat").read_text().split()[:2]
+        return (int(on_core) + int(waiting)) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 #: One sample: wall time, and CPU seconds so far of each process of the tree.
 Sample = tuple[float, dict[int, float]]
 
@@ -89,6 +105,8 @@ class TreeSampler:
         self.root = root
         self.interval_s = interval_s
         self.samples: list[Sample] = []
+        # the same, of the main thread's seconds on a core or waiting for one
+        self.demand: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
@@ -108,18 +126,28 @@ class TreeSampler:
 
     def sample(self) -> None:
         pids = _tree(self.root, children_by_parent())
+        now = time.time()
         cpu = {pid: c for pid in pids if (c := _self_cpu_seconds(pid)) is not None}
         if cpu:
-            self.samples.append((time.time(), cpu))
+            self.samples.append((now, cpu))
+        demand = {pid: d for pid in cpu if (d := _demand_seconds(pid)) is not None}
+        if demand:
+            self.demand.append((now, demand))
 
     def busiest_share(self, *, since: float = 0.0, span_s: float = 5.0) -> float | None:
         return busiest_share(self.samples, since=since, span_s=span_s)
+
+    def demand_share(self, *, since: float = 0.0, span_s: float = 5.0) -> float | None:
+        """The highest share of ``span_s`` seconds one process spent running or
+        waiting for a core (None: the kernel does not say, or nothing was sampled)."""
+        return busiest_share(self.demand, since=since, span_s=span_s)
 
 
 def busiest_share(
     samples: list[Sample], *, since: float = 0.0, span_s: float = 5.0
 ) -> float | None:
-    """The highest share of a core one process used over any ``span_s`` stretch
+    """The highest share of a second one process spent (on a core, or also
+    waiting for one: whatever the samples count) over any ``span_s`` stretch
     starting at or after ``since`` (None: no such stretch was sampled)."""
     samples = [s for s in samples if s[0] >= since]
     best: float | None = None
@@ -231,7 +259,8 @@ class CpuUse:
         return round(self.total_s / self.window_s, 2) if self.window_s > 0 else None
 
 
-#: Above this share of one core, the generator's clock measures itself.
+#: Above this share of one core (or of the time running or waiting for a
+#: core), the generator's clock measures itself.
 GENERATOR_BUSY_LIMIT = 0.8
 #: An open-arrival request that started more than this late was "late"; more
 #: than LATE_SHARE_LIMIT of them and the client figures are unreliable.
@@ -277,6 +306,8 @@ class GeneratorUse:
     busiest_core_share: float | None  # highest 5 s share of one core of one process
     late_starts: LateStarts | None = None  # open arrival only
     busy_limit: float = GENERATOR_BUSY_LIMIT
+    # highest 5 s share one process spent running or waiting for a core
+    demand_share: float | None = None
 
     @property
     def ms_per_request(self) -> float | None:
@@ -294,6 +325,13 @@ class GeneratorUse:
             reasons.append(
                 f"the load generator's busiest core was {share:.0%} busy "
                 f"(over {self.busy_limit:.0%}): it could not keep up"
+            )
+        elif (demand := self.demand_share) is not None and demand > self.busy_limit:
+            reasons.append(
+                f"the load generator was running or waiting for a core {demand:.0%} of "
+                f"the time over 5 s (over {self.busy_limit:.0%}): starved on a saturated "
+                "machine, it could not keep up, and its clock counted its own wait as "
+                "the platform's latency"
             )
         late = self.late_starts
         if late is not None and late.late_share > LATE_SHARE_LIMIT:

@@ -374,6 +374,7 @@ def run_load(
         window_s=round(ended - started, 1),
         requests=figures.aggregated.requests,
         busiest_core_share=sampler.busiest_share(since=busy_from),
+        demand_share=sampler.demand_share(since=busy_from),
         late_starts=read_late_starts(config.lateness_dir),
     )
     return dataclasses.replace(figures, capacity=capacity, generator=generator)

@@ -274,12 +274,14 @@ def hashing_line(hashing_p95_ms: dict[str, dict[str, float]]) -> str:
 
 def generator_line(generator: GeneratorUse) -> str:
     """The load generator's own cost and whether it kept up."""
-    busiest = generator.busiest_core_share
+    busiest, demand = generator.busiest_core_share, generator.demand_share
     text = (
         f"Load generator: {_num(generator.cpu_s)} CPU-seconds, "
         f"{_num(generator.ms_per_request)} ms per request; busiest core "
         + ("not sampled" if busiest is None else f"{busiest:.0%}")
-        + f" (limit {generator.busy_limit:.0%})"
+        + ", running or waiting for a core "
+        + ("not sampled" if demand is None else f"{demand:.0%}")
+        + f" (limit {generator.busy_limit:.0%} of 5 s)"
     )
     if (late := generator.late_starts) is not None:
         text += (

@@ -177,6 +177,7 @@ def test_open_arrival_mode_holds_its_rate_and_the_report_says_which_mode_ran(tmp
     # the generator's own cost, and its schedule (every request started is counted)
     generator = client["generator"]
     assert generator["cpu_s"] > 0 and generator["busiest_core_share"] is not None
+    assert generator["demand_share"] >= generator["busiest_core_share"]  # running + waiting
     assert generator["late_starts"]["scheduled"] >= started
 
 

@@ -381,6 +381,53 @@ def test_a_saturated_generator_is_flagged_and_an_idle_one_is_not():
     assert calm.reliable and calm.ms_per_request == pytest.approx(0.167, abs=0.001)
 
 
+def _spinner(wall_s: float, *, niceness: int = 0):
+    """A real process that wants a core for ``wall_s`` seconds of wall time."""
+    import subprocess
+    import sys
+
+    code = f"import time\nend = time.time() + {wall_s}\nwhile time.time() < end: pass\n"
+    return subprocess.Popen(["nice", "-n", str(niceness), sys.executable, "-c", code])
+
+
+def test_a_starved_generator_is_flagged_though_its_core_is_idle():
+    """The generator runs at a lower share than the stack: on a saturated
+    machine it waits for a core long before it is busy. A process at nice 19
+    that wants a core while every core spins at nice 0 (same session: nice
+    orders them) runs little and waits most of each second; its busiest-core
+    share stays under the limit, and it is flagged all the same. A sleeping
+    process is not."""
+    starved = _spinner(4.0, niceness=19)
+    asleep = _burner(0.0, then_sleep_s=4.0)
+    hogs = [_spinner(4.5) for _ in range(os.cpu_count() or 2)]
+    try:
+        with (
+            TreeSampler(starved.pid, interval_s=0.25) as waiting,
+            TreeSampler(asleep.pid, interval_s=0.25) as idle,
+        ):
+            starved.wait()
+            asleep.wait()
+    finally:
+        for process in (starved, asleep, *hogs):
+            process.kill()
+            process.wait()
+    flagged = GeneratorUse(cpu_s=0.1, window_s=4.0, requests=300,
+                           busiest_core_share=waiting.busiest_share(span_s=1.0),
+                           demand_share=waiting.demand_share(span_s=1.0))  # fmt: skip
+    assert flagged.busiest_core_share is not None and flagged.busiest_core_share < 0.8, flagged
+    assert flagged.demand_share is not None and flagged.demand_share > 0.8, flagged
+    assert flagged.unreliable_because == (
+        f"the load generator was running or waiting for a core {flagged.demand_share:.0%} of "
+        "the time over 5 s (over 80%): starved on a saturated machine, it could not keep up, "
+        "and its clock counted its own wait as the platform's latency",
+    )
+    calm = GeneratorUse(cpu_s=0.05, window_s=4.0, requests=300,
+                        busiest_core_share=idle.busiest_share(span_s=1.0),
+                        demand_share=idle.demand_share(span_s=1.0))  # fmt: skip
+    assert calm.demand_share is not None and calm.demand_share < 0.2, calm
+    assert calm.reliable
+
+
 def test_late_open_arrival_starts_flag_the_client_figures():
     on_time = LateStarts(scheduled=10_000, late=50, very_late=0, max_late_ms=14.0)
     behind = LateStarts(scheduled=10_000, late=900, very_late=300, max_late_ms=640.0)
