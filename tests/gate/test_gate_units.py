@@ -6,6 +6,7 @@ a metrics page the test fills and takes down at will.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -354,22 +355,29 @@ def test_the_load_generator_runs_in_a_session_of_its_own_at_a_lower_share(tmp_pa
         process.wait()
 
 
+def _sampled_until_done(*watched, others=()) -> list[TreeSampler]:
+    """Sample each ``watched`` process four times a second until it exits, then
+    kill it and ``others``; the samplers, in order."""
+    samplers = [TreeSampler(process.pid, interval_s=0.25) for process in watched]
+    try:
+        with contextlib.ExitStack() as running:
+            for sampler in samplers:
+                running.enter_context(sampler)
+            for process in watched:
+                process.wait()
+    finally:
+        for process in (*watched, *others):
+            process.kill()
+            process.wait()
+    return samplers
+
+
 def test_a_saturated_generator_is_flagged_and_an_idle_one_is_not():
     """The sampler reads a real process's busiest core: one spinning for 3 s
     is over the 80 % limit (its client figures are unreliable); one asleep is not."""
     spinning = _burner(3.0, niceness=-15)  # saturated even beside a busy stack
     asleep = _burner(0.0, then_sleep_s=3.0)
-    try:
-        with (
-            TreeSampler(spinning.pid, interval_s=0.25) as busy,
-            TreeSampler(asleep.pid, interval_s=0.25) as idle,
-        ):
-            spinning.wait()
-            asleep.wait()
-    finally:
-        for process in (spinning, asleep):
-            process.kill()
-            process.wait()
+    busy, idle = _sampled_until_done(spinning, asleep)
     saturated = GeneratorUse(cpu_s=3.0, window_s=3.0, requests=300,
                              busiest_core_share=busy.busiest_share(span_s=1.0))  # fmt: skip
     assert saturated.busiest_core_share is not None and saturated.busiest_core_share > 0.8
@@ -400,17 +408,7 @@ def test_a_starved_generator_is_flagged_though_its_core_is_idle():
     starved = _spinner(4.0, niceness=19)
     asleep = _burner(0.0, then_sleep_s=4.0)
     hogs = [_spinner(4.5) for _ in range(os.cpu_count() or 2)]
-    try:
-        with (
-            TreeSampler(starved.pid, interval_s=0.25) as waiting,
-            TreeSampler(asleep.pid, interval_s=0.25) as idle,
-        ):
-            starved.wait()
-            asleep.wait()
-    finally:
-        for process in (starved, asleep, *hogs):
-            process.kill()
-            process.wait()
+    waiting, idle = _sampled_until_done(starved, asleep, others=hogs)
     flagged = GeneratorUse(cpu_s=0.1, window_s=4.0, requests=300,
                            busiest_core_share=waiting.busiest_share(span_s=1.0),
                            demand_share=waiting.demand_share(span_s=1.0))  # fmt: skip
