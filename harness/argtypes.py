@@ -15,6 +15,16 @@ def positive_number(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
+    return value
+
+
 def env_pair(text: str) -> tuple[str, str]:
     """``NAME=VALUE`` (the value may be empty or hold ``=``)."""
     name, sep, value = text.partition("=")

@@ -117,12 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=cmd_images_build)
 
-    from harness.gate import benchmark
+    from harness.gate import benchmark, requestcost
     from harness.gate import command as gate_command
     from harness.security import rls_lint
 
     gate_command.add_parser(commands)
     benchmark.add_parser(commands)
+    requestcost.add_parser(commands)
     rls_lint.add_parser(commands)
     return parser
 
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_usage(sys.stderr)
         print(
-            f"{PROG}: error: choose a command (up, images, gate, benchmark, lint-rls)",
+            f"{PROG}: error: choose a command "
+            "(up, images, gate, benchmark, request-cost, lint-rls)",
             file=sys.stderr,
         )
         return EXIT_USAGE
