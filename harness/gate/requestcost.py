@@ -168,6 +168,12 @@ def measure(
 
     if stack.haproxy_url is None:
         raise ValueError("this stack has no HAProxy to send the requests through")
+    if not set(cpu_by_group(root)) & set(REQUEST_PATH):
+        raise ValueError(
+            f"no process of the stack (services, PostgreSQL, Redis, HAProxy) runs under "
+            f"process {root}: give --stack-pid the pid of the `atendeai up` that started it "
+            "(a local stack; containers are not its descendants)"
+        )
     api = ApiSession(stack, ClientAddresses())
     try:
         tenant = create_tenant(stack.postgres.owner_dsn, api=api, password_hash=hash_password())
@@ -207,6 +213,17 @@ def _stack(args: argparse.Namespace) -> Iterator[tuple[Stack, int]]:
         yield running.stack, os.getpid()
 
 
+def _not_an_up_process(pid: int) -> str | None:
+    """Why ``pid`` cannot stand for a stack (None: it is an ``atendeai up``)."""
+    try:
+        argv = (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return f"{pid}: no such process"
+    if not any(Path(a).name == "atendeai" for a in argv) or "up" not in argv:
+        return f"{pid} is not an `atendeai up` process ({' '.join(argv).strip()[:80]})"
+    return None
+
+
 def cmd_request_cost(args: argparse.Namespace) -> int:
     from harness.exceptions import HarnessError
 
@@ -216,8 +233,8 @@ def cmd_request_cost(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.stack_pid is not None and not (PROC / str(args.stack_pid)).is_dir():
-        print(f"atendeai request-cost: error: no process {args.stack_pid}", file=sys.stderr)
+    if args.stack_pid is not None and (problem := _not_an_up_process(args.stack_pid)):
+        print(f"atendeai request-cost: error: --stack-pid {problem}", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:

@@ -1,5 +1,5 @@
 """``atendeai request-cost``: the processes it counts, and what it measures on a
-real stack (the suites' local stack, whose processes are this process's children)."""
+real local stack."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from harness.cli import main
 from harness.gate.requestcost import component_of, cpu_by_group, measure
+from harness.providers import StackRequest, open_stack
 from harness.stack import Stack
 
 #: Command lines as /proc shows them for the local stack's processes.
@@ -72,10 +73,17 @@ def test_a_service_burning_a_known_cpu_time_is_counted_within_ten_percent():
             process.wait()
 
 
-def test_live_each_endpoint_s_cost_lands_on_the_parts_it_uses(stack: Stack):
-    """On the suites' stack: a cached clinic read costs clinics, HAProxy and Redis
-    and (almost) no PostgreSQL; /auth/me costs auth and PostgreSQL, not clinics."""
-    costs = {c.path: c for c in measure(stack, os.getpid(), requests=400, concurrency=2, rounds=2)}
+def test_live_each_endpoint_s_cost_lands_on_the_parts_it_uses(request: pytest.FixtureRequest):
+    """On a local stack of its own (its processes are this process's children, as
+    for the command): a cached clinic read costs clinics, HAProxy and Redis and
+    (almost) no PostgreSQL; /auth/me costs auth and PostgreSQL, not clinics."""
+    if request.config.getoption("--stack") == "external":
+        pytest.skip(
+            "starts a local stack of its own, to read its processes' CPU (not on --stack=external)"
+        )
+    with open_stack(StackRequest(provider="local"), progress=lambda line: None) as running:
+        costs = measure(running.stack, os.getpid(), requests=400, concurrency=2, rounds=2)
+    costs = {c.path: c for c in costs}
     assert set(costs) == {"/clinics/me", "/auth/me", "/users"}
     for cost in costs.values():
         assert len(cost.rounds) == 2
@@ -91,12 +99,38 @@ def test_live_each_endpoint_s_cost_lands_on_the_parts_it_uses(stack: Stack):
     assert me["postgres"] > 3 * clinic.get("postgres", 0.0), (clinic, me)
 
 
+def test_a_pid_with_no_stack_under_it_is_refused_before_any_request():
+    sleeping = subprocess.Popen(["sleep", "30"])
+    stack = Stack.from_dict(
+        {
+            "provider": "external",
+            "postgres": dict.fromkeys(
+                ("superuser_dsn", "owner_dsn", "app_dsn", "host", "database"), "unused"
+            )
+            | {"port": 1},
+            "redis_url": "redis://127.0.0.1:1",
+            "services": {},
+            "platform_admin": {"email": "a@b.c", "password": "x"},
+            "haproxy_url": "http://127.0.0.1:1",
+        }
+    )
+    try:
+        with pytest.raises(
+            ValueError, match=f"no process of the stack .* under process {sleeping.pid}"
+        ):
+            measure(stack, sleeping.pid, requests=1, concurrency=1, rounds=1)
+    finally:
+        sleeping.kill()
+        sleeping.wait()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--stack-json", "/nonexistent.json"], "give --stack-json and --stack-pid together"),
         (["--stack-pid", "1"], "give --stack-json and --stack-pid together"),
-        (["--stack-json", "/x.json", "--stack-pid", "999999999"], "no process 999999999"),
+        (["--stack-json", "/x.json", "--stack-pid", "999999999"], "999999999: no such process"),
+        (["--stack-json", "/x.json", "--stack-pid", "1"], "1 is not an `atendeai up` process"),
         (["--requests", "0"], "'0': must be more than 0"),
         (["--concurrency", "many"], "'many' is not a whole number"),
     ],
