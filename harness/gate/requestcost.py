@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.argtypes import positive_int
-from harness.gate.cpu import CLOCK_TICKS, PROC
+from harness.gate.cpu import PROC, _own_cpu_seconds
 from harness.processes import children_by_parent
 from harness.stack import Stack
 
@@ -128,15 +128,11 @@ def cpu_by_group(root: int) -> dict[str, float]:
         todo.extend(children.get(pid, ()))
         try:
             argv = (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace")
-            stat = (PROC / str(pid) / "stat").read_text()
         except OSError:  # ended meanwhile
             continue
         group = component_of(argv.rstrip("\0").split("\0"))
-        if group is None:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
-        totals[group] = totals.get(group, 0.0) + seconds
+        if group is not None:
+            totals[group] = totals.get(group, 0.0) + _own_cpu_seconds(pid)
     return totals
 
 
