@@ -1,10 +1,14 @@
-"""Cross-cutting request handling, outermost first:
+"""Cross-cutting request handling, in one middleware (``build_middlewares``),
+outermost first:
 
-1. ``request_context``: request id, client IP (X-Forwarded-For only from
-   trusted proxies), metrics (latency by route template, in-flight);
-2. ``security_headers``: security headers and CORS on every response, and
-   CORS preflights answered before routing;
-3. ``json_errors``: every error becomes the one JSON shape, never a trace.
+1. request context: request id, client IP (X-Forwarded-For only from trusted
+   proxies), metrics (latency by route template, in-flight);
+2. security headers and CORS on every response, and CORS preflights answered
+   before routing;
+3. JSON errors: every error becomes the one JSON shape, never a trace.
+
+One middleware, not three: each aiohttp middleware is a coroutine frame and a
+call of its own on every request, and these three always run together.
 
 Fault injection (``ATENDEAI_FAULTS``) is no middleware: ``system_under_test.faults``
 wraps the handlers of the routes its rules name.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import logging
 import re
 import secrets
@@ -56,12 +61,12 @@ CORS_EXPOSE_HEADERS = (
 )
 
 
-def client_ip(request: web.Request, settings: Settings) -> str:
+def client_ip(request: web.Request, trusted: Callable[[str], bool]) -> str:
     """The caller's address: the peer, or the nearest untrusted hop of
-    X-Forwarded-For when the peer is a trusted proxy."""
+    X-Forwarded-For when the peer is a trusted proxy (``trusted``: see
+    ``trusted_proxy_check``)."""
     peer = request.remote or ""
-    proxies = settings.trusted_proxies
-    if not _trusted(peer, proxies):
+    if not trusted(peer):
         return peer
     # A proxy may add its own X-Forwarded-For line instead of extending the
     # client's (HAProxy's `option forwardfor` does): all the lines, in order,
@@ -72,7 +77,7 @@ def client_ip(request: web.Request, settings: Settings) -> str:
     for hop in reversed(hops):
         if not _is_address(hop):
             return peer  # a malformed chain is not trusted
-        if not _trusted(hop, proxies):
+        if not trusted(hop):
             return hop
     return hops[0] if hops else peer
 
@@ -89,96 +94,126 @@ def _is_address(text: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=4096)
-def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
-    if not _is_address(address):
-        return False
-    ip = ipaddress.ip_address(address)
-    return any(ip in network for network in proxies)
+def trusted_proxy_check(proxies: tuple[Network, ...]) -> Callable[[str], bool]:
+    """Whether an address is one of ``proxies``, answered once per address (the
+    cache is keyed by the address alone: a tuple of networks as part of the key
+    would be hashed, network by network in Python, on every request)."""
+
+    @functools.lru_cache(maxsize=4096)
+    def trusted(address: str) -> bool:
+        if not _is_address(address):
+            return False
+        ip = ipaddress.ip_address(address)
+        return any(ip in network for network in proxies)
+
+    return trusted
+
+
+class RequestIds:
+    """Request ids for requests that bring none (or an unsafe one): a random
+    prefix per process and a counter, 32 hex digits, unique across instances.
+    Not secret (every response shows its own), so not drawn from the kernel's
+    random source on every request."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+#: The latency series of each (method, route template, status), looked up once.
+@functools.lru_cache(maxsize=1024)
+def _latency_series(method: str, template: str, status: int):
+    return REQUEST_DURATION.labels(method, template, str(status))
 
 
 def build_middlewares(settings: Settings) -> list:
     allowed_origins = frozenset(settings.cors_origins)
+    trusted = trusted_proxy_check(settings.trusted_proxies)
+    request_ids = RequestIds()
 
     @web.middleware
-    async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def platform_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-ID", "")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else request_ids.next()
         request["request_id"] = request_id
-        request["client_ip"] = client_ip(request, settings)
+        request["client_ip"] = client_ip(request, trusted)
         started = time.perf_counter()
         status = 500
         REQUESTS_IN_FLIGHT.inc()
         try:
-            response = await handler(request)
+            origin = request.headers.get("Origin")
+            origin_allowed = origin is not None and origin in allowed_origins
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                response = _preflight(origin_allowed, request_id)
+            else:
+                response = await _answered(request, handler, settings)
+            headers = response.headers
+            for name, value in SECURITY_HEADERS.items():
+                headers.setdefault(name, value)
+            if origin is not None:
+                headers["Vary"] = "Origin"
+            if origin_allowed:
+                headers["Access-Control-Allow-Origin"] = origin
+                headers["Access-Control-Allow-Credentials"] = "true"
+                headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
             status = response.status
-            response.headers["X-Request-ID"] = request_id
+            headers["X-Request-ID"] = request_id
             return response
         finally:
             REQUESTS_IN_FLIGHT.dec()
             route = request.match_info.route.resource
             template = route.canonical if route is not None else "unmatched"
-            REQUEST_DURATION.labels(request.method, template, str(status)).observe(
-                time.perf_counter() - started
-            )
+            _latency_series(request.method, template, status).observe(time.perf_counter() - started)
 
-    @web.middleware
-    async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        origin_allowed = origin is not None and origin in allowed_origins
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            if not origin_allowed:
-                response: web.StreamResponse = _error_response(
-                    Forbidden("origin not allowed", code="cors_origin_denied"),
-                    request["request_id"],
-                )
-            else:
-                response = web.Response(status=204)
-                response.headers["Access-Control-Allow-Methods"] = CORS_ALLOW_METHODS
-                response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
-                response.headers["Access-Control-Max-Age"] = "600"
-        else:
-            response = await handler(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if origin is not None:
-            response.headers["Vary"] = "Origin"
-        if origin_allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+    return [platform_middleware]
+
+
+def _preflight(origin_allowed: bool, request_id: str) -> web.StreamResponse:
+    """The answer to a CORS preflight (before routing): 204 for an allowed origin."""
+    if not origin_allowed:
+        return _error_response(
+            Forbidden("origin not allowed", code="cors_origin_denied"), request_id
+        )
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = CORS_ALLOW_METHODS
+    response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+async def _answered(
+    request: web.Request, handler: Handler, settings: Settings
+) -> web.StreamResponse:
+    """The handler's response, or its error in the one JSON shape (never a trace)."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return _error_response(error, request["request_id"])
+    except web.HTTPRequestEntityTooLarge:
+        error = PayloadTooLarge(f"the body is larger than {settings.max_body_bytes} bytes")
+        return _error_response(error, request["request_id"])
+    except web.HTTPNotFound:
+        return _error_response(NotFound("no such route"), request["request_id"])
+    except web.HTTPMethodNotAllowed as exc:
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed here",
+            headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+        )
+        return _error_response(error, request["request_id"])
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = ApiError(exc.reason, code="http_error")
+        response = _error_response(error, request["request_id"])
+        response.set_status(exc.status)
         return response
-
-    @web.middleware
-    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as error:
-            return _error_response(error, request["request_id"])
-        except web.HTTPRequestEntityTooLarge:
-            error = PayloadTooLarge(f"the body is larger than {settings.max_body_bytes} bytes")
-            return _error_response(error, request["request_id"])
-        except web.HTTPNotFound:
-            return _error_response(NotFound("no such route"), request["request_id"])
-        except web.HTTPMethodNotAllowed as exc:
-            error = MethodNotAllowed(
-                f"{request.method} is not allowed here",
-                headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
-            )
-            return _error_response(error, request["request_id"])
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            error = ApiError(exc.reason, code="http_error")
-            response = _error_response(error, request["request_id"])
-            response.set_status(exc.status)
-            return response
-        except Exception:
-            log.exception("unhandled error answering %s %s", request.method, request.path)
-            error = ApiError("internal error; quote the request id when reporting it")
-            return _error_response(error, request["request_id"])
-
-    return [request_context, security_headers, json_errors]
+    except Exception:
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        error = ApiError("internal error; quote the request id when reporting it")
+        return _error_response(error, request["request_id"])
 
 
 def _error_response(error: ApiError, request_id: str) -> web.Response:

@@ -187,6 +187,10 @@ def render_haproxy_config(
         "global",
         "    log stdout format raw local0 info",
         "    maxconn 4096",
+        # One thread: the stack shares its few cores with the services and the
+        # load generator; a second HAProxy thread only adds hand-offs between
+        # them (measured: 77 -> 70 us of HAProxy CPU per request).
+        "    nbthread 1",
         "",
         *resolvers,
         "defaults",
