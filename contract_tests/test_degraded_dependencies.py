@@ -114,6 +114,17 @@ def test_a_bad_timeout_is_refused_naming_the_variable(variable: str, value: str,
     assert variable in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"), [("0", "must be at least 1"), ("two", "whole number")]
+)
+def test_the_hashing_threads_default_to_two_and_a_bad_count_is_refused(value: str, problem: str):
+    assert Settings.from_env(_env()).hashing_threads == 2
+    assert Settings.from_env(_env(ATENDEAI_HASHING_THREADS="1")).hashing_threads == 1
+    with pytest.raises(ConfigError, match=problem) as raised:
+        Settings.from_env(_env(ATENDEAI_HASHING_THREADS=value))
+    assert "ATENDEAI_HASHING_THREADS" in str(raised.value)
+
+
 def test_the_defect_actions_parse_and_refuse_misuse():
     plan = parse_plan(
         "POST /users ack_uncommitted every=3; GET /ready stuck_after_db_error",

@@ -30,6 +30,7 @@ from system_under_test.db import Database, TenantContext
 from system_under_test.errors import StoreUnavailable, Unauthorized
 from system_under_test.faults import announce, injected_statuses, with_faults
 from system_under_test.middleware import build_middlewares
+from system_under_test.passwords import PasswordHasher
 from system_under_test.redisguard import RedisGuard, connect_redis
 from system_under_test.revocations import RevocationWatch, revoked_family_key
 from system_under_test.routing import (
@@ -83,6 +84,7 @@ class Platform:
     redis_guard: RedisGuard
     signer: TokenSigner
     revocations: RevocationWatch
+    passwords: PasswordHasher
     verified_tokens: VerifiedTokens = field(init=False)
 
     def __post_init__(self) -> None:
@@ -279,6 +281,7 @@ def create_app(service: str, settings: Settings) -> web.Application:
             timeout_s=settings.redis_timeout_seconds,
             ttl_s=settings.access_token_ttl_seconds,
         ),
+        passwords=PasswordHasher(rounds=settings.bcrypt_rounds, threads=settings.hashing_threads),
     )
     app[PLATFORM_KEY] = platform
     metrics.initialise(
@@ -318,6 +321,7 @@ def create_app(service: str, settings: Settings) -> web.Application:
         await platform.revocations.stop()
         await platform.db.close()
         await platform.redis.aclose()
+        platform.passwords.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

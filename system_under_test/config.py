@@ -51,6 +51,7 @@ class Settings:
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 14 * 24 * 3600
     bcrypt_rounds: int = 10
+    hashing_threads: int = 2  # bcrypt threads per process (system_under_test.passwords)
     login_limit_per_client: RateLimit = RateLimit(20, 60)
     login_limit_per_account: RateLimit = RateLimit(5, 60)
     cors_origins: tuple[str, ...] = ()
@@ -159,6 +160,7 @@ class Settings:
                 "ATENDEAI_REFRESH_TOKEN_TTL_SECONDS", cls.refresh_token_ttl_seconds
             ),
             bcrypt_rounds=bcrypt_rounds,
+            hashing_threads=integer("ATENDEAI_HASHING_THREADS", cls.hashing_threads, minimum=1),
             login_limit_per_client=rate_limit(
                 "ATENDEAI_LOGIN_LIMIT_PER_CLIENT", cls.login_limit_per_client
             ),

@@ -1,13 +1,15 @@
-"""bcrypt hashing, run off the event loop (a cost-10 hash takes ~70 ms here).
+"""bcrypt hashing, run off the event loop (a cost-10 hash takes ~59 ms of CPU here).
 
-Hashes run on one dedicated thread per process. bcrypt releases the GIL, so
-with Python's default pool (up to cores + 4 threads) a burst of sign-ins put
-six CPU-bound threads beside the event loop and starved every other request
-of the process; with one thread, sign-ins queue behind each other instead.
-Two threads were measured too (2-core machine): login p95 in the sla run
-184-265 ms against 224-255 ms with one, within the noise, but while users
-signed in at 10/s on top of 1000 busy ones, /auth/me (same process) went
-from ~20 ms to seconds.
+Hashes run on a few dedicated threads per process (``Settings.hashing_threads``,
+2 by default). bcrypt releases the GIL, so with Python's default pool (up to
+cores + 4 threads) a burst of sign-ins put six CPU-bound threads beside the
+event loop and starved every other request of the process; a small fixed
+number bounds that. One thread was the default until 2026-12-05: with the
+platform's CPU per request halved since, the sign-ins of the ``sla`` run's
+ramp (10 a second over two auth instances) queued behind each other for
+25-29 ms at p95 and put login p95 at 113-117 ms; with two threads the queue
+was 1 ms, a hash's run 88 ms against 85-86 (p95), and login p95 98.6 ms
+(2-core machine, same session).
 """
 
 from __future__ import annotations
@@ -29,11 +31,10 @@ MAX_PASSWORD_BYTES = 72  # bcrypt ignores everything past this; we refuse instea
 # Checked when the account does not exist, so that an unknown e-mail costs the
 # same bcrypt time as a wrong password and answers identically.
 _DUMMY_HASH = bcrypt.hashpw(b"no such account", bcrypt.gensalt(10))
-_BCRYPT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcrypt")
 
 
 def _counted(operation: str, handed_over: float, function, *args):
-    """Run ``function`` on the hashing thread; time its wait and its run, and
+    """Run ``function`` on a hashing thread; time its wait and its run, and
     count the CPU this thread spent in it."""
     started, cpu_started = time.perf_counter(), time.thread_time()
     PASSWORD_HASHING_DURATION.labels(operation, "queued").observe(started - handed_over)
@@ -47,24 +48,33 @@ def _counted(operation: str, handed_over: float, function, *args):
         PASSWORD_HASHINGS.labels(operation).inc()
 
 
-async def _off_loop(operation: str, function, *args):
-    return await asyncio.get_running_loop().run_in_executor(
-        _BCRYPT_THREAD, _counted, operation, time.perf_counter(), function, *args
-    )
+class PasswordHasher:
+    """bcrypt at ``rounds`` on ``threads`` threads of their own (started as needed)."""
 
+    def __init__(self, *, rounds: int, threads: int) -> None:
+        self.rounds = rounds
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bcrypt")
 
-async def hash_password(password: str, rounds: int) -> str:
-    raw = password.encode()
-    if len(raw) > MAX_PASSWORD_BYTES:
-        raise ValueError("password longer than 72 bytes")
-    hashed = await _off_loop("hash", bcrypt.hashpw, raw, bcrypt.gensalt(rounds))
-    return hashed.decode()
+    async def _off_loop(self, operation: str, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, _counted, operation, time.perf_counter(), function, *args
+        )
 
+    async def hash(self, password: str) -> str:
+        raw = password.encode()
+        if len(raw) > MAX_PASSWORD_BYTES:
+            raise ValueError("password longer than 72 bytes")
+        hashed = await self._off_loop("hash", bcrypt.hashpw, raw, bcrypt.gensalt(self.rounds))
+        return hashed.decode()
 
-async def verify_password(password: str, password_hash: str | None) -> bool:
-    raw = password.encode()
-    if len(raw) > MAX_PASSWORD_BYTES:
-        return False
-    target = password_hash.encode() if password_hash else _DUMMY_HASH
-    matches = await _off_loop("verify", bcrypt.checkpw, raw, target)
-    return matches and password_hash is not None
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        raw = password.encode()
+        if len(raw) > MAX_PASSWORD_BYTES:
+            return False
+        target = password_hash.encode() if password_hash else _DUMMY_HASH
+        matches = await self._off_loop("verify", bcrypt.checkpw, raw, target)
+        return matches and password_hash is not None
+
+    def close(self) -> None:
+        """Let the threads end once their hashes are done."""
+        self._threads.shutdown(wait=False)

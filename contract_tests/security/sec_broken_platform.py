@@ -269,20 +269,18 @@ def _truncating_passwords(settings: Settings) -> tuple[Settings, list[Middleware
     import bcrypt
 
     from system_under_test import passwords, schemas
-    from system_under_test.services import auth, clinics, users
 
     schemas.MAX_PASSWORD_BYTES = 10_000  # the validators read it at call time
 
-    async def verify_password(password: str, password_hash: str | None) -> bool:
+    async def verify(self, password: str, password_hash: str | None) -> bool:
         target = password_hash.encode() if password_hash else passwords._DUMMY_HASH
         return bcrypt.checkpw(password.encode()[:72], target) and password_hash is not None
 
-    async def hash_password(password: str, rounds: int) -> str:
-        return bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(rounds)).decode()
+    async def hash(self, password: str) -> str:
+        return bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(self.rounds)).decode()
 
-    auth.verify_password = verify_password  # type: ignore[assignment]
-    users.hash_password = hash_password  # type: ignore[assignment]
-    clinics.hash_password = hash_password  # type: ignore[assignment]
+    passwords.PasswordHasher.verify = verify  # type: ignore[method-assign]
+    passwords.PasswordHasher.hash = hash  # type: ignore[method-assign]
     return settings, []
 
 

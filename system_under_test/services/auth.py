@@ -28,7 +28,6 @@ from system_under_test.app import Platform, audit_event
 from system_under_test.db import TenantContext, set_context
 from system_under_test.errors import NotFound, RateLimited, StoreUnavailable, Unauthorized
 from system_under_test.metrics import LOGINS, RATE_LIMIT_REJECTIONS, REFRESHES
-from system_under_test.passwords import verify_password
 from system_under_test.ratelimit import hit, tightest
 from system_under_test.revocations import publish_revocation
 from system_under_test.routing import ALL_ROLES, PUBLIC, Call, Route, json_response
@@ -138,7 +137,7 @@ async def login(call: Call) -> web.Response:
         None, "SELECT * FROM atendeai.find_user_for_login(%s, %s)", (clinic_slug, email)
     )
     account = found[0] if found else None
-    password_ok = await verify_password(
+    password_ok = await platform.passwords.verify(
         body.password, account["password_hash"] if account else None
     )
     if account is None:

@@ -32,7 +32,6 @@ from psycopg.types.json import Jsonb
 
 from system_under_test.errors import Conflict, NotFound, StoreUnavailable, ValidationFailed
 from system_under_test.metrics import CACHE_HIT_DURATION, CACHE_REQUESTS
-from system_under_test.passwords import hash_password
 from system_under_test.routing import ALL_ROLES, Call, Route, json_response
 from system_under_test.schemas import (
     CLINIC_EDITABLE,
@@ -179,7 +178,7 @@ async def create_clinic(call: Call) -> web.Response:
     body: ClinicCreate = call.body
     fields = body.model_dump(exclude_unset=True, exclude={"admin", "slug"})
     clinic_id = uuid.uuid4()
-    password_hash = await hash_password(body.admin.password, call.platform.settings.bcrypt_rounds)
+    password_hash = await call.platform.passwords.hash(body.admin.password)
     if "slug" in body.model_fields_set:
         candidates = [body.slug]
     else:  # the name's slug, then with a part of the id when another clinic has it

@@ -12,7 +12,6 @@ from aiohttp import web
 from psycopg import errors as pg_errors
 
 from system_under_test.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from system_under_test.passwords import hash_password
 from system_under_test.routing import Call, Route, json_response
 from system_under_test.schemas import PageQuery, User, UserCreate, UserPage, UserUpdate
 from system_under_test.services.queries import INSERT_USER, SELECT_USER, USER_COLUMNS
@@ -47,7 +46,7 @@ async def create_user(call: Call) -> web.Response:
     body: UserCreate = call.body
     if call.user.role == "manager" and body.role not in MANAGER_MAY_ASSIGN:
         raise Forbidden("managers may create managers and staff only")
-    password_hash = await hash_password(body.password, call.platform.settings.bcrypt_rounds)
+    password_hash = await call.platform.passwords.hash(body.password)
     try:
         async with call.platform.db.tenant(call.tenant()) as conn:
             cursor = await conn.execute(
@@ -84,9 +83,7 @@ async def update_user(call: Call) -> web.Response:
     if caller_is_manager and changes.get("role", "staff") not in MANAGER_MAY_ASSIGN:
         raise Forbidden("managers may assign the manager and staff roles only")
     if "password" in changes:
-        changes["password_hash"] = await hash_password(
-            changes.pop("password"), call.platform.settings.bcrypt_rounds
-        )
+        changes["password_hash"] = await call.platform.passwords.hash(changes.pop("password"))
     assignments = ", ".join(f"{column} = %({column})s" for column in changes)
     async with call.platform.db.tenant(call.tenant()) as conn:
         cursor = await conn.execute(
