@@ -8,8 +8,9 @@ number bounds that. One thread was the default until 2026-12-05: with the
 platform's CPU per request halved since, the sign-ins of the ``sla`` run's
 ramp (10 a second over two auth instances) queued behind each other for
 25-29 ms at p95 and put login p95 at 113-117 ms; with two threads the queue
-was 1 ms, a hash's run 88 ms against 85-86 (p95), and login p95 98.6 ms
-(2-core machine, same session).
+was 1 ms, a verify's run 87.5-88.2 ms against 85-86 (p95), and login p95
+98.3-98.9 ms in three runs (2-core machine, a cost-10 check 59 ms of CPU,
+same session; README, "Measured performance").
 """
 
 from __future__ import annotations
