@@ -39,7 +39,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _INSTANCE = re.compile(r"(?P<service>[a-z]+)-\d+")
 
 
-def _own_cpu_seconds(pid: int) -> float:
+def own_cpu_seconds(pid: int) -> float:
     """utime + stime + cutime + cstime of one process; 0 when it is gone."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
@@ -65,7 +65,7 @@ def _tree(root: int, children: Mapping[int, Iterable[int]]) -> set[int]:
 def tree_cpu_seconds(root: int, children: Mapping[int, Iterable[int]] | None = None) -> float:
     """CPU seconds of ``root`` and its live descendants (with what reaped ones left)."""
     children = children_by_parent() if children is None else children
-    return sum(_own_cpu_seconds(pid) for pid in _tree(root, children))
+    return sum(own_cpu_seconds(pid) for pid in _tree(root, children))
 
 
 def _self_cpu_seconds(pid: int) -> float | None:
@@ -357,6 +357,7 @@ __all__ = [
     "TreeSampler",
     "busiest_share",
     "component_group",
+    "own_cpu_seconds",
     "sample_cpu",
     "tree_cpu_seconds",
 ]

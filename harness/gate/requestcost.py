@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.argtypes import positive_int
-from harness.gate.cpu import PROC, _own_cpu_seconds
+from harness.gate.cpu import PROC, own_cpu_seconds
 from harness.processes import children_by_parent
 from harness.stack import Stack
 
@@ -132,7 +132,7 @@ def cpu_by_group(root: int) -> dict[str, float]:
             continue
         group = component_of(argv.rstrip("\0").split("\0"))
         if group is not None:
-            totals[group] = totals.get(group, 0.0) + _own_cpu_seconds(pid)
+            totals[group] = totals.get(group, 0.0) + own_cpu_seconds(pid)
     return totals
 
 

@@ -405,9 +405,13 @@ def test_a_starved_generator_is_flagged_though_its_core_is_idle():
     orders them) runs little and waits most of each second; its busiest-core
     share stays under the limit, and it is flagged all the same. A sleeping
     process is not."""
+    # The hogs first, spinning before the starved one starts and until it ends
+    # (killed then). Started after it, the starved one's busiest core reached
+    # 85 % in 2 of 8 runs; started first, 8 of 8 passed.
+    hogs = [_spinner(6.0) for _ in range(os.cpu_count() or 2)]
+    time.sleep(0.5)
     starved = _spinner(4.0, niceness=19)
     asleep = _burner(0.0, then_sleep_s=4.0)
-    hogs = [_spinner(4.5) for _ in range(os.cpu_count() or 2)]
     waiting, idle = _sampled_until_done(starved, asleep, others=hogs)
     flagged = GeneratorUse(cpu_s=0.1, window_s=4.0, requests=300,
                            busiest_core_share=waiting.busiest_share(span_s=1.0),
